@@ -1,0 +1,124 @@
+"""The hook's configuration: ``credgui.toml`` in the job directory, or ``$CREDGUI_CONFIG``.
+
+Re-read at every hook call, so a change made while RELION runs (by hand or from the GUI's
+lambda panel) takes effect at the next M-step. Writers go through ``write_config`` (atomic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from credgui.errors import InputError
+
+CONFIG_NAME = "credgui.toml"
+CONFIG_ENV = "CREDGUI_CONFIG"
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """Settings of the CW-RED M-step (eq. 17 of Kimanius et al. 2021).
+
+    ``lambda_low_res``/``lambda_high_res`` (A): lambda is 0 at nominal resolutions worse than
+    the first, ``lambda_max`` better than the second, linear in between (paper section 4.3).
+    ``None`` means: the denoiser's own suggestion (its confidence curve), else 10 and 4.5 A.
+    """
+
+    denoiser: str = "none"
+    lambda_low_res: float | None = None
+    lambda_high_res: float | None = None
+    lambda_max: float = 1.0
+    pixel_size: float | None = None
+    device: str = "auto"
+    keep_inputs: bool = True
+    weights: str | None = None
+    worker_socket: str | None = None
+    denoiser_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, source: str | Path) -> "HookConfig":
+        for key in ("lambda_low_res", "lambda_high_res", "pixel_size"):
+            value = getattr(self, key)
+            if value is not None and not (value > 0):
+                raise InputError(source, f"{key} must be > 0 A, got {value}")
+        if (
+            self.lambda_low_res is not None
+            and self.lambda_high_res is not None
+            and self.lambda_high_res >= self.lambda_low_res
+        ):
+            raise InputError(
+                source,
+                f"lambda_high_res ({self.lambda_high_res} A) must be finer (smaller) than "
+                f"lambda_low_res ({self.lambda_low_res} A)",
+            )
+        if not 0.0 <= self.lambda_max <= 1.0:
+            raise InputError(source, f"lambda_max must be in [0, 1], got {self.lambda_max}")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(HookConfig)}
+
+
+def config_path(job_dir: str | Path) -> Path:
+    """Where the hook looks: ``$CREDGUI_CONFIG`` if set, else ``JOB_DIR/credgui.toml``."""
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else Path(job_dir) / CONFIG_NAME
+
+
+def load_config(job_dir: str | Path) -> HookConfig:
+    """The configuration for a job directory; defaults when no file exists."""
+    path = config_path(job_dir)
+    if not path.exists():
+        if os.environ.get(CONFIG_ENV):
+            raise InputError(path, f"configuration named by ${CONFIG_ENV} does not exist")
+        return HookConfig()
+    return parse_config(path)
+
+
+def parse_config(path: str | Path) -> HookConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"invalid TOML ({exc})") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc})") from None
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise InputError(path, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("lambda_low_res", "lambda_high_res", "lambda_max", "pixel_size"):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise InputError(path, f"{key} must be a number, got {value!r}")
+            value = float(value)
+        elif key == "keep_inputs" and not isinstance(value, bool):
+            raise InputError(path, f"keep_inputs must be true or false, got {value!r}")
+        elif key == "denoiser_options" and not isinstance(value, dict):
+            raise InputError(path, "denoiser_options must be a table")
+        elif key in ("denoiser", "device", "weights", "worker_socket") and not isinstance(value, str):
+            raise InputError(path, f"{key} must be a string, got {value!r}")
+        values[key] = value
+    return HookConfig(**values).validate(path)
+
+
+def config_to_dict(config: HookConfig) -> dict[str, Any]:
+    """TOML-ready dict (None values left out, as TOML has no null)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if v is not None and v != {}}
+
+
+def write_config(path: str | Path, config: HookConfig) -> None:
+    """Validate and write ``config`` atomically (temp file + rename)."""
+    path = Path(path)
+    config.validate(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(tomli_w.dumps(config_to_dict(config)).encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

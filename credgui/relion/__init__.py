@@ -1,0 +1,1 @@
+"""RELION's files: STAR tables, MRC volumes, job directories, the external-reconstruct protocol."""

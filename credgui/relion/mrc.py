@@ -1,0 +1,81 @@
+"""MRC volumes in and out, validated at the door and written atomically.
+
+Arrays are numpy in MRC order: (z, y, x) for volumes, (n, y, x) for stacks.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from credgui.errors import InputError
+
+
+def read_mrc(
+    path: str | Path,
+    expect_shape: tuple[int, ...] | None = None,
+    *,
+    check_finite: bool = True,
+    mmap: bool = False,
+) -> np.ndarray:
+    """Read an MRC file's data as a float32 array (a copy unless ``mmap``).
+
+    Raises InputError naming the file when it is missing, truncated, not MRC, of the wrong
+    shape, or holds NaN/Inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "MRC file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # mrcfile warns (not raises) on a truncated file
+            if mmap:
+                mrc = mrcfile.mmap(path, mode="r", permissive=False)
+                data = mrc.data
+            else:
+                with mrcfile.open(path, mode="r", permissive=False) as mrc:
+                    data = np.asarray(mrc.data, dtype=np.float32).copy()
+    except (ValueError, RuntimeWarning, OSError, EOFError) as exc:
+        raise InputError(path, f"not a readable MRC file ({_short(exc)})") from None
+    if data is None:
+        raise InputError(path, "MRC file holds no data")
+    if expect_shape is not None and tuple(data.shape) != tuple(expect_shape):
+        raise InputError(
+            path, f"shape {tuple(data.shape)} (z,y,x) where {tuple(expect_shape)} is expected"
+        )
+    if check_finite and not np.isfinite(data).all():
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise InputError(path, f"{bad} NaN or infinite values")
+    return data
+
+
+def read_voxel_size(path: str | Path) -> float:
+    """Voxel size in A from the header (x axis), 0.0 when the header has none."""
+    try:
+        with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
+            return float(mrc.voxel_size.x)
+    except (ValueError, OSError) as exc:
+        raise InputError(path, f"not a readable MRC file ({_short(exc)})") from None
+
+
+def write_mrc_atomic(path: str | Path, data: np.ndarray, voxel_size: float | None = None) -> None:
+    """Write float32 ``data`` to ``path`` via a temporary file in the same directory and rename,
+    so readers (RELION, the GUI) never see a half-written map."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
+            if voxel_size:
+                mrc.voxel_size = float(voxel_size)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
