@@ -1,0 +1,418 @@
+"""Training the U-Net on Gaussian pairs (Kimanius et al. 2021, section 3.1, second paragraph).
+
+Pairs: a ground-truth map x (z, y, x) and x + n, where n is Gaussian noise drawn in Fourier
+space with a given spectral profile (noise amplitude per shell), multiplied in real space by
+a soft mask that damps it in the solvent, at a noise level drawn per sample. Augmentation:
+the 24 rotations of the cube (``rotate_cube``) and random crops to the training box.
+Network input: x + n standardised per volume (section 3.1); target: x with the same affine
+map, so the loss is the L2 error of the denoised, standardised map (eq. 19), residual
+learning by construction of ``UNet3D``. Optimiser: Adam, constant learning rate 1e-4, L2
+weight penalty through Adam's ``weight_decay`` (section 3.1).
+
+Reproducible and resumable: the network's initial weights come from ``seed``; each step's
+mini-batch is drawn from ``numpy.random.default_rng([seed, step])``, so a run resumed from a
+checkpoint draws exactly the batches an uninterrupted run would. Checkpoints
+(``OUT/checkpoint.pt``, atomic, every ``checkpoint_every`` steps and at the end) hold model +
+optimiser + step + config + loss history and load with ``torch.load(weights_only=True)``;
+the final model is ``OUT/model.pt`` in the ``credgui.denoise.unet`` weights format.
+
+``train`` is a generator yielding a ``TrainProgress`` per step; closing it between yields
+stops cleanly (the last checkpoint stays valid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from credgui.denoise.unet import UNet3D, resolve_device, save_model
+from credgui.errors import InputError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "model.pt"
+CHECKPOINT_FORMAT = "credgui-unet-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (stored as a plain dict in checkpoints).
+
+    box: training crop (voxels, multiple of 2**depth). voxel_size: A (of the maps).
+    noise_std: range of the noise standard deviation relative to the ground truth's std
+        inside its mask, drawn log-uniformly per sample.
+    noise_profile: relative noise amplitude per Fourier shell, shells 0 .. box//2 (index =
+        round(|k| * box)); empty means white noise.
+    solvent_damping: noise factor in the solvent (mask 0); 1 inside the mask.
+    weight_decay: L2 penalty on weights (Adam's weight_decay).
+    """
+
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    box: int = 64
+    voxel_size: float = 1.5
+    seed: int = 0
+    checkpoint_every: int = 100
+    noise_std: tuple[float, float] = (0.5, 4.0)
+    noise_profile: tuple[float, ...] = ()
+    solvent_damping: float = 0.3
+    channels: int = 4
+    depth: int = 5
+    device: str = "auto"
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TrainConfig:
+        multiple = 2**self.depth
+        if self.box < multiple or self.box % multiple:
+            raise ValueError(
+                f"box must be a positive multiple of 2**depth = {multiple}, got {self.box}"
+            )
+        if self.steps < 0 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps must be >= 0, batch_size and checkpoint_every >= 1")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.voxel_size > 0):
+            raise ValueError("lr and voxel_size must be > 0, weight_decay >= 0")
+        lo, hi = self.noise_std
+        if not 0 < lo <= hi:
+            raise ValueError(
+                f"noise_std must be (low, high) with 0 < low <= high, got {self.noise_std}"
+            )
+        if not 0 <= self.solvent_damping <= 1:
+            raise ValueError(f"solvent_damping must be in [0, 1], got {self.solvent_damping}")
+        if self.noise_profile and len(self.noise_profile) != self.box // 2 + 1:
+            raise ValueError(
+                f"noise_profile needs box//2 + 1 = {self.box // 2 + 1} shells, "
+                f"got {len(self.noise_profile)}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["noise_std"] = list(self.noise_std)
+        d["noise_profile"] = list(self.noise_profile)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["noise_std"] = tuple(d.get("noise_std", cls.noise_std))
+        d["noise_profile"] = tuple(d.get("noise_profile", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    step: int  # steps done (1-based after the first)
+    steps: int
+    loss: float
+    seconds: float  # wall time of this step
+    checkpoint: Path | None = None  # written after this step, if any
+
+
+# --------------------------------------------------------------------------- data
+
+
+def rotate_cube(volume: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th (0..23) of the 24 rotations of the cube (rot90 compositions), z,y,x axes.
+
+    Six choices of where axis 0 points, times four quarter turns about it.
+    """
+    if not 0 <= k < 24:
+        raise ValueError(f"rotation index must be in 0..23, got {k}")
+    face, turn = divmod(k, 4)
+    if face < 4:
+        v = np.rot90(volume, face, axes=(0, 1))
+    else:
+        v = np.rot90(volume, 1 if face == 4 else 3, axes=(0, 2))
+    return np.rot90(v, turn, axes=(1, 2))
+
+
+def soft_mask_from_map(
+    volume: np.ndarray, *, threshold_sigma: float = 1.0, dilate: int = 3, soft: int = 4
+) -> np.ndarray:
+    """A soft solvent mask (1 in the molecule, 0 in the solvent) from a noise-free map.
+
+    Threshold at mean + ``threshold_sigma`` * std of the map smoothed by a Gaussian of 1 voxel,
+    dilate by ``dilate`` voxels, then a raised-cosine edge ``soft`` voxels wide.
+    """
+    smooth = ndimage.gaussian_filter(volume.astype(np.float32), 1.0)
+    core = smooth > smooth.mean() + threshold_sigma * smooth.std()
+    if not core.any():
+        return np.ones_like(volume, dtype=np.float32)
+    dist = ndimage.distance_transform_edt(~core)
+    mask = np.clip((dilate + soft - dist) / max(soft, 1), 0.0, 1.0)
+    return (0.5 - 0.5 * np.cos(np.pi * mask)).astype(np.float32)
+
+
+def _shell_index(box: int) -> np.ndarray:
+    """(box, box, box//2+1) integer shell index round(|k| * box), rfft layout, origin [0,0,0]."""
+    fz = np.fft.fftfreq(box) * box
+    fx = np.fft.rfftfreq(box) * box
+    r = np.sqrt(fz[:, None, None] ** 2 + fz[None, :, None] ** 2 + fx[None, None, :] ** 2)
+    return np.minimum(np.rint(r).astype(np.int64), box // 2)
+
+
+def coloured_noise(rng: np.random.Generator, box: int, profile: np.ndarray | None) -> np.ndarray:
+    """Real-space Gaussian noise, unit std, whose amplitude per shell follows ``profile``.
+
+    profile: (box//2+1,) relative amplitude per shell (None: white). Drawn in Fourier space:
+    white noise -> rfftn(axes 0,1,2) -> times profile[shell] -> irfftn.
+    """
+    white = rng.standard_normal((box, box, box)).astype(np.float32)
+    if profile is None:
+        return white
+    spectrum = (
+        np.fft.rfftn(white, axes=(0, 1, 2))
+        * np.asarray(profile, dtype=np.float64)[_shell_index(box)]
+    )
+    noise = np.fft.irfftn(spectrum, s=(box, box, box), axes=(0, 1, 2)).astype(np.float32)
+    std = noise.std()
+    return noise / std if std > 0 else noise
+
+
+def noise_profile_from_file(path: str | Path, box: int, voxel_size: float) -> tuple[float, ...]:
+    """Read a noise spectrum and put it on the training box's shells 0 .. box//2.
+
+    The file: two whitespace-separated columns, spatial frequency (1/A) and relative noise
+    amplitude (not power), '#' comments; linear interpolation, held flat beyond its ends.
+    Shell s is at frequency s / (box * voxel_size).
+    """
+    path = Path(path)
+    try:
+        table = np.loadtxt(path, comments="#", ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            path, f"not a readable two-column noise profile ({' '.join(str(exc).split())[:160]})"
+        ) from None
+    if table.shape[1] < 2 or len(table) < 2:
+        raise InputError(
+            path,
+            f"noise profile needs >= 2 rows of 'frequency(1/A) amplitude', got shape {table.shape}",
+        )
+    freq, amp = table[:, 0], table[:, 1]
+    if np.any(np.diff(freq) <= 0) or np.any(amp < 0) or not np.all(np.isfinite(table)):
+        raise InputError(
+            path, "noise profile frequencies must increase and amplitudes be finite and >= 0"
+        )
+    shells = np.arange(box // 2 + 1) / (box * voxel_size)
+    return tuple(float(v) for v in np.interp(shells, freq, amp))
+
+
+class GaussianPairs:
+    """Noisy/clean training pairs from ground-truth maps (section 3.1's Gaussian model).
+
+    maps: (D, H, W) float arrays, each at least ``config.box`` per side; masks: matching soft
+    solvent masks (None: ``soft_mask_from_map``).
+    """
+
+    def __init__(
+        self,
+        maps: Sequence[np.ndarray],
+        config: TrainConfig,
+        masks: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        if not maps:
+            raise ValueError("training needs at least one ground-truth map")
+        box = config.box
+        for i, m in enumerate(maps):
+            if m.ndim != 3 or min(m.shape) < box:
+                raise ValueError(
+                    f"map {i} has shape {m.shape}; every side must be >= the training box {box}"
+                )
+        self.config = config
+        self.maps = [np.asarray(m, dtype=np.float32) for m in maps]
+        self.masks = (
+            [soft_mask_from_map(m) for m in self.maps]
+            if masks is None
+            else [np.asarray(k, np.float32) for k in masks]
+        )
+        self.profile = (
+            np.asarray(config.noise_profile, dtype=np.float64) if config.noise_profile else None
+        )
+        # signal std inside the mask sets the noise scale
+        self.signal_std = [
+            float(m[k > 0.5].std()) if (k > 0.5).any() else float(m.std())
+            for m, k in zip(self.maps, self.masks, strict=True)
+        ]
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(noisy, clean), both standardised by the noisy map's mean and std, (box, box, box)."""
+        cfg = self.config
+        i = int(rng.integers(len(self.maps)))
+        vol, mask = self.maps[i], self.masks[i]
+        starts = [int(rng.integers(s - cfg.box + 1)) for s in vol.shape]
+        crop = tuple(slice(s, s + cfg.box) for s in starts)
+        k = int(rng.integers(24))
+        clean = np.ascontiguousarray(rotate_cube(vol[crop], k))
+        soft = np.ascontiguousarray(rotate_cube(mask[crop], k))
+        lo, hi = cfg.noise_std
+        sigma = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * self.signal_std[i]
+        noise = coloured_noise(rng, cfg.box, self.profile)
+        noisy = clean + sigma * noise * (cfg.solvent_damping + (1 - cfg.solvent_damping) * soft)
+        mean, std = float(noisy.mean()), float(noisy.std())
+        return ((noisy - mean) / std).astype(np.float32), ((clean - mean) / std).astype(np.float32)
+
+    def batch(self, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mini-batch of ``step``: (size, 1, box, box, box) inputs and targets."""
+        rng = np.random.default_rng([seed, step])
+        pairs = [self.sample(rng) for _ in range(size)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
+        return x, y
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _save_checkpoint(
+    path: Path,
+    model: UNet3D,
+    optimiser: torch.optim.Optimizer,
+    step: int,
+    config: TrainConfig,
+    losses: list[float],
+) -> Path:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimiser.state_dict(),
+        "step": step,
+        "config": config.to_dict(),
+        "net_config": dict(model.config),
+        "losses": list(losses),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents (weights_only); InputError when it is not one."""
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(
+            path,
+            f"not a readable checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+        ) from None
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(
+            path, f"not a credgui training checkpoint (expected format {CHECKPOINT_FORMAT!r})"
+        )
+    return raw
+
+
+def _optimiser(model: UNet3D, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train(
+    config: TrainConfig,
+    data: GaussianPairs,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+) -> Iterator[TrainProgress]:
+    """Train (or resume training) a ``UNet3D``; yields one ``TrainProgress`` per step.
+
+    Resumes from ``OUT/checkpoint.pt`` when present and ``resume`` (its config must agree on
+    everything but ``steps`` and ``device``). Writes ``OUT/model.pt`` after the last step.
+    """
+    config.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    device = resolve_device(config.device)
+
+    torch.manual_seed(config.seed)
+    model = UNet3D(channels=config.channels, depth=config.depth)
+    model.to(device)
+    optimiser = _optimiser(model, config)
+    step, losses = 0, []
+    if resume and ckpt_path.exists():
+        raw = load_checkpoint(ckpt_path)
+        saved = TrainConfig.from_dict(raw["config"])
+        ignore = ("steps", "device", "checkpoint_every", "description", "extra")
+        diff = [
+            f.name
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in ignore and getattr(saved, f.name) != getattr(config, f.name)
+        ]
+        if diff:
+            raise InputError(
+                ckpt_path,
+                f"checkpoint was made with different settings ({', '.join(diff)}); "
+                "use another output folder or resume=False",
+            )
+        model.load_state_dict(raw["model"])
+        optimiser.load_state_dict(raw["optimizer"])
+        step, losses = int(raw["step"]), [float(v) for v in raw["losses"]]
+        log.info("resumed from %s at step %d", ckpt_path, step)
+
+    loss_fn = torch.nn.MSELoss()
+    model.train()
+    while step < config.steps:
+        t0 = time.perf_counter()
+        x, y = data.batch(config.seed, step, config.batch_size)
+        x, y = x.to(device), y.to(device)
+        optimiser.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimiser.step()
+        step += 1
+        value = float(loss.detach())
+        losses.append(value)
+        written = None
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            written = _save_checkpoint(ckpt_path, model, optimiser, step, config, losses)
+        yield TrainProgress(step, config.steps, value, time.perf_counter() - t0, written)
+
+    if step == config.steps:
+        model.eval()
+        save_model(
+            out / MODEL_NAME,
+            model,
+            {
+                "voxel_size": config.voxel_size,
+                "box": config.box,
+                "description": config.description or f"3D U-Net, Gaussian pairs, {step} steps",
+                "training": {
+                    "config": config.to_dict(),
+                    "steps": step,
+                    "final_loss": losses[-1] if losses else None,
+                    "data": "gaussian-pairs",
+                },
+            },
+        )
+
+
+__all__ = [
+    "GaussianPairs",
+    "TrainConfig",
+    "TrainProgress",
+    "coloured_noise",
+    "load_checkpoint",
+    "noise_profile_from_file",
+    "rotate_cube",
+    "soft_mask_from_map",
+    "train",
+]

@@ -1,0 +1,92 @@
+"""Fourier-grid geometry of RELION's padded reconstruction arrays.
+
+All grids here are rfft layout, origin at [0, 0, 0], axes (z, y, x), shape (n, n, n//2+1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rfft_freqs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer frequencies along z, y (full axis, wrapped) and x (half axis) of an n-grid,
+    broadcastable to (n, n, n//2+1)."""
+    full = np.fft.fftfreq(n, 1.0 / n).astype(np.int64)
+    half = np.arange(n // 2 + 1, dtype=np.int64)
+    return full[:, None, None], full[None, :, None], half[None, None, :]
+
+
+def rfft_radius2(n: int) -> np.ndarray:
+    """Squared integer radius |k|^2 of every voxel of an (n, n, n//2+1) rfft grid (int32)."""
+    kz, ky, kx = rfft_freqs(n)
+    return (kz * kz + ky * ky + kx * kx).astype(np.int32)
+
+
+def max_radius2(current_size: int, padding: float) -> int:
+    """RELION's ``max_r2 = ROUND(r_max * pad)^2`` with ``r_max = current_size / 2``: voxels with
+    ``|k|^2 < max_r2`` carry data (BackProjector::reconstruct)."""
+    return int(_relion_round((current_size // 2) * padding)) ** 2
+
+
+def unpadded_shell(radius2: np.ndarray, padding: float) -> np.ndarray:
+    """Unpadded shell index ``ROUND(|k| / pad)`` of each padded-grid voxel: the index into tau2."""
+    return _relion_round(np.sqrt(radius2.astype(np.float64)) / padding).astype(np.int32)
+
+
+def _relion_round(x: np.ndarray | float) -> np.ndarray | float:
+    """RELION's ROUND (half away from zero), not numpy's banker's rounding."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def tau2_from_fsc(
+    fsc: np.ndarray, weight_shell_mean: np.ndarray, tau2_fudge: float, *, joined: bool = False
+) -> np.ndarray:
+    """RELION's FSC -> tau2 (eq. 12; BackProjector::updateSSNRarrays).
+
+    fsc is clamped to [0.001, 0.999] (for the joined final map first sqrt(2 fsc / (fsc + 1)));
+    SSNR = fudge * fsc / (1 - fsc); tau2 = SSNR * sigma2 with sigma2 = 1 / mean(pad^3 K) per
+    shell, passed here as ``weight_shell_mean`` (the mean of pad^3 K; 0 where the shell is empty).
+    """
+    f = np.maximum(np.asarray(fsc, dtype=np.float64), 0.001)
+    if joined:
+        f = np.sqrt(2.0 * f / (f + 1.0))
+    f = np.minimum(f, 0.999)
+    ssnr = tau2_fudge * f / (1.0 - f)
+    with np.errstate(divide="ignore"):
+        sigma2 = np.where(weight_shell_mean > 1e-10, 1.0 / weight_shell_mean, 0.0)
+    return ssnr * sigma2
+
+
+def shell_mean_weight(weight: np.ndarray, current_size: int, padding: float) -> np.ndarray:
+    """mean(pad^3 K) per unpadded shell 0..ori//2 (RELION's inverse sigma2), for ``tau2_from_fsc``."""
+    n = weight.shape[0]
+    r2 = rfft_radius2(n)
+    inside = r2 < max_radius2(current_size, padding)
+    shells = unpadded_shell(r2[inside], padding)
+    n_shells = int(round(n / padding)) // 2 + 1
+    sums = np.bincount(shells, weights=padding**3 * weight[inside].astype(np.float64), minlength=n_shells)
+    counts = np.bincount(shells, minlength=n_shells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)[:n_shells]
+
+
+def prior_weight(
+    weight: np.ndarray, tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float
+) -> np.ndarray:
+    """The Gaussian-prior term 1/tau2 that eq. (11) adds to K, per padded voxel (float32).
+
+    RELION (BackProjector::reconstruct): 1 / (pad^3 * fudge * tau2[ROUND(|k|/pad)]) inside
+    ``max_r2``; where tau2 is 0 there, 1 / (0.001 K) (a strong pull to zero); 0 outside.
+    """
+    n = weight.shape[0]
+    r2 = rfft_radius2(n)
+    inside = r2 < max_radius2(current_size, padding)
+    shells = unpadded_shell(r2, padding)
+    shells = np.minimum(shells, len(tau2) - 1)
+    tau2_vox = np.asarray(tau2, dtype=np.float64)[shells]
+    prior = np.zeros(weight.shape, dtype=np.float64)
+    positive = inside & (tau2_vox > 0)
+    prior[positive] = 1.0 / (padding**3 * tau2_fudge * tau2_vox[positive])
+    empty = inside & (tau2_vox < 1e-20) & (weight > 1e-20)
+    prior[empty] = 1.0 / (0.001 * weight[empty])
+    return prior.astype(np.float32)

@@ -1,0 +1,161 @@
+"""RELION 3.1's ``--external_reconstruct`` protocol: what RELION hands over, what it reads back.
+
+RELION writes ``ROOT_external_reconstruct.star`` plus three MRC arrays (B real, B imaginary, K)
+and runs ``$RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE STAR``; it then reads the real-space map
+named by ``_rlnExtReconsResult`` once, without checking its size (see
+shared docs and RELION 3.1.3 src/backprojector.cpp, BackProjector::externalReconstruct).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from credgui.errors import InputError
+from credgui.relion.mrc import read_mrc
+from credgui.relion.star import column, get_block, read_star, scalar
+
+STAR_SUFFIX = "_external_reconstruct.star"
+_ROOT_RE = re.compile(r"_it(?P<it>\d{3})(?:_half(?P<half>\d))?_(?:class|body)(?P<cls>\d{3})$")
+
+
+@dataclass(frozen=True)
+class ExternalReconstructCall:
+    """One M-step handed over by RELION (eq. 11 inputs: B, K and the tau2 spectrum).
+
+    ``tau2`` and ``fsc`` are indexed by unpadded shell 0..ori_size//2 (``_rlnSpectralIndex``).
+    ``half`` is None for the final joined-data call (root without ``_halfN``).
+    """
+
+    star: Path
+    data_real: Path
+    data_imag: Path
+    weight: Path
+    result: Path
+    result_star: Path | None
+    tau2_fudge: float
+    padding: float
+    dimensionality: int
+    ori_size: int
+    current_size: int
+    tau2: np.ndarray
+    fsc: np.ndarray
+
+    @property
+    def root(self) -> str:
+        """e.g. ``run_it003_half1_class001``."""
+        name = self.star.name
+        return name[: -len(STAR_SUFFIX)] if name.endswith(STAR_SUFFIX) else self.star.stem
+
+    @property
+    def job_dir(self) -> Path:
+        return self.star.parent
+
+    @property
+    def iteration(self) -> int | None:
+        m = _ROOT_RE.search(self.root)
+        return int(m["it"]) if m else None
+
+    @property
+    def half(self) -> int | None:
+        m = _ROOT_RE.search(self.root)
+        return int(m["half"]) if m and m["half"] else None
+
+    @property
+    def class_number(self) -> int | None:
+        m = _ROOT_RE.search(self.root)
+        return int(m["cls"]) if m else None
+
+    @property
+    def padded_size(self) -> int:
+        """P = round(pad * ori_size): the side of RELION's padded Fourier grid."""
+        return int(round(self.padding * self.ori_size))
+
+    @property
+    def fourier_shape(self) -> tuple[int, int, int]:
+        p = self.padded_size
+        return (p, p, p // 2 + 1)
+
+    def output_path(self, suffix: str) -> Path:
+        """``JOB/ROOT_<suffix>``: where credgui writes its per-call maps for the GUI."""
+        return self.job_dir / f"{self.root}_{suffix}"
+
+
+def _resolve(star: Path, value: str) -> Path:
+    """RELION writes paths relative to its own working directory, which is the hook's cwd too;
+    fall back to the STAR's directory for a copied job."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    local = star.parent / path.name
+    return local if local.exists() else path
+
+
+def read_call(star_path: str | Path) -> ExternalReconstructCall:
+    """Parse and validate RELION's ``*_external_reconstruct.star`` (not the arrays yet)."""
+    star = Path(star_path)
+    blocks = read_star(star)
+    general = get_block(blocks, "external_reconstruct_general", star)
+    tau_block = get_block(blocks, "external_reconstruct_tau2", star)
+    ori_size = scalar(general, "rlnOriginalImageSize", star, int)
+    current_size = scalar(general, "rlnCurrentImageSize", star, int)
+    padding = scalar(general, "rlnPaddingFactor", star, float)
+    dim = scalar(general, "rlnReferenceDimensionality", star, int)
+    fudge = scalar(general, "rlnTau2FudgeFactor", star, float)
+    if dim != 3:
+        raise InputError(star, f"_rlnReferenceDimensionality is {dim}; credgui reconstructs 3D maps only")
+    if ori_size < 8 or ori_size % 2:
+        raise InputError(star, f"_rlnOriginalImageSize {ori_size} must be an even box of at least 8")
+    if not 0 < current_size <= ori_size:
+        raise InputError(star, f"_rlnCurrentImageSize {current_size} not in (0, {ori_size}]")
+    if not 1 <= padding <= 4:
+        raise InputError(star, f"_rlnPaddingFactor {padding} outside [1, 4]")
+    if not fudge > 0:
+        raise InputError(star, f"_rlnTau2FudgeFactor {fudge} must be > 0")
+    index = np.asarray(column(tau_block, "rlnSpectralIndex", star, int))
+    tau2 = np.asarray(column(tau_block, "rlnReferenceTau2", star, float))
+    fsc = np.asarray(column(tau_block, "rlnGoldStandardFsc", star, float))
+    n_shells = ori_size // 2 + 1
+    if len(index) != n_shells or not np.array_equal(index, np.arange(n_shells)):
+        raise InputError(star, f"tau2 table must list spectral indices 0..{n_shells - 1}, got {len(index)} rows")
+    if not (np.isfinite(tau2).all() and np.isfinite(fsc).all()):
+        raise InputError(star, "tau2 or FSC column holds NaN or infinite values")
+    if (tau2 < 0).any():
+        raise InputError(star, "negative values in _rlnReferenceTau2")
+    result_star = general.get("rlnExtReconsResultStarfile")
+    return ExternalReconstructCall(
+        star=star,
+        data_real=_resolve(star, scalar(general, "rlnExtReconsDataReal", star, str)),
+        data_imag=_resolve(star, scalar(general, "rlnExtReconsDataImag", star, str)),
+        weight=_resolve(star, scalar(general, "rlnExtReconsWeight", star, str)),
+        result=Path(scalar(general, "rlnExtReconsResult", star, str)),
+        result_star=Path(result_star[0]) if result_star else None,
+        tau2_fudge=fudge,
+        padding=padding,
+        dimensionality=dim,
+        ori_size=ori_size,
+        current_size=current_size,
+        tau2=tau2,
+        fsc=fsc,
+    )
+
+
+def read_arrays(call: ExternalReconstructCall) -> tuple[np.ndarray, np.ndarray]:
+    """B (complex64) and K (float32), shape (P, P, P//2+1), rfft layout, origin at [0,0,0].
+
+    Each array is checked for shape and finiteness; K must be non-negative.
+    """
+    shape = call.fourier_shape
+    real = read_mrc(call.data_real, shape)
+    imag = read_mrc(call.data_imag, shape)
+    data = np.empty(shape, dtype=np.complex64)
+    data.real = real
+    data.imag = imag
+    del real, imag
+    weight = read_mrc(call.weight, shape)
+    if (weight < 0).any():
+        raise InputError(call.weight, "negative values in the weight array K")
+    return data, weight
