@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
+
 import subprocess
 
 import mrcfile
 import numpy as np
 import pytest
 
+from credgui.jobs.launch import hook_executable
 from credgui.relion.star import format_star, read_star
 
 pytestmark = pytest.mark.relion
@@ -36,7 +37,7 @@ def test_hook_matches_relion_external_reconstruct(tiny_refine_job, tmp_path):
     job.mkdir()
     ours_star = job / "run_it001_half1_class001_external_reconstruct.star"
     ours_star.write_text(format_star(blocks, loops={"external_reconstruct_tau2"}))
-    hook = shutil.which("credgui-reconstruct")
+    hook = hook_executable()
     assert hook
     subprocess.run([hook, str(ours_star)], check=True, capture_output=True, cwd=tmp_path)
     a = mrcfile.read(tmp_path / "relion.mrc")
