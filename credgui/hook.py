@@ -24,6 +24,17 @@ from credgui.relion.mrc import write_mrc_atomic
 from credgui.relion.protocol import read_arrays, read_call
 
 
+def unregularised_map(data, weight, ori_size: int, current_size: int, padding: float) -> np.ndarray:
+    """x~ = B/K (eq. 17) in real space; K floored at 1/1000 of its mean, as RELION's skip_gridding."""
+    from credgui.recon.fourier import max_radius2, rfft_radius2
+    from credgui.recon.gridding import window_real
+
+    inside = rfft_radius2(data.shape[0]) < max_radius2(current_size, padding)
+    floor = 1e-3 * float(weight[inside].mean()) if inside.any() else 1.0
+    x = np.where(inside, data / np.maximum(weight, max(floor, 1e-30)), 0).astype(np.complex64)
+    return window_real(x, ori_size, padding, soft_edge=False)
+
+
 def run(star: str | Path) -> dict:
     t0 = time.perf_counter()
     call = read_call(star)
@@ -34,6 +45,8 @@ def run(star: str | Path) -> dict:
     t1 = time.perf_counter()
     prior = prior_weight(weight, call.tau2, call.current_size, call.padding, call.tau2_fudge)
     vol = gridded_map(data, weight + prior, call.ori_size, call.current_size, call.padding)
+    unreg = unregularised_map(data, weight, call.ori_size, call.current_size, call.padding)
+    write_mrc_atomic(call.output_path("credgui_unreg.mrc"), unreg, config.pixel_size)
     t2 = time.perf_counter()
     n = call.ori_size
     if vol.shape != (n, n, n) or not np.isfinite(vol).all():
