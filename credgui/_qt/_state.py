@@ -84,6 +84,29 @@ def iteration_maps(it: Any) -> dict[str, Path]:
     return out
 
 
+def expected_kinds(job_dir: Path | None) -> set[str]:
+    """Map kinds a job's iterations will have (besides those already on disk): x~ when the job
+    runs credgui's hook, f(x~) when its denoiser is not ``none``. The maps panel makes their
+    layers early (napari takes ~0.25 s of UI thread per new layer under software OpenGL), so a
+    running job never adds a layer mid-run."""
+    if job_dir is None:
+        return set()
+    job_dir = Path(job_dir)
+    kinds: set[str] = set()
+    toml = job_dir / "credgui.toml"
+    if toml.is_file() or (job_dir / "credgui_hook.jsonl").is_file():
+        kinds |= {"half1_unreg", "half2_unreg"}
+    if toml.is_file():
+        try:
+            from credgui.config import parse_config
+
+            if parse_config(toml).denoiser != "none":
+                kinds |= {"half1_denoised", "half2_denoised"}
+        except Exception:  # noqa: BLE001 (a broken credgui.toml is reported by the hook itself)
+            pass
+    return kinds
+
+
 def iteration_number(it: Any) -> int:
     return int(_first(it, "number", "iteration", default=0))
 

@@ -204,6 +204,8 @@ class MapLayers:
         self.level = 0.0
         self.contrast = (0.0, 1.0)
         self.kinds: tuple[str, ...] = ()
+        self.expected: set[str] = set()  # kinds that get a layer before their first map
+        self._placeholders: set[str] = set()  # kinds whose layers now hold zeros
         self.shown_iteration: int | None = None
         self._centred_shape: tuple[int, ...] | None = None
 
@@ -226,8 +228,23 @@ class MapLayers:
         self.apply_image(item)
         self.apply_surface(item)
 
+    def missing_layers(self) -> list[str]:
+        """Expected kinds that have no layer yet."""
+        return [k for k, _ in MAP_KINDS if k in self.expected and self._layer(self.image_name(k)) is None]
+
+    def apply_placeholder(self, kind: str, shape: tuple[int, ...]) -> None:
+        """Add the layers of a map not written yet, holding zeros (a grey cell in the grid)."""
+        if self._layer(self.image_name(kind)) is not None:
+            return
+        empty = LoadedMap(kind, Path(), np.zeros(shape, np.float32), np.zeros((0, 3), np.float32),
+                          np.zeros((0, 3), np.int32))
+        self.apply_image(empty)
+        self.apply_surface(empty)
+        self._placeholders.add(kind)
+
     def apply_image(self, item: LoadedMap) -> None:
         """Update (or add) the Image layer of one map; GUI thread."""
+        self._placeholders.discard(item.kind)
         image = self._layer(self.image_name(item.kind))
         if image is None:
             image = self.viewer.add_image(
@@ -276,6 +293,15 @@ class MapLayers:
             image = self._layer(self.image_name(kind))
             if image is None:
                 continue
+            if kind not in summary.kinds and kind in self.expected:  # not written (yet)
+                if kind not in self._placeholders:
+                    self._placeholders.add(kind)
+                    image.data = np.zeros_like(image.data)
+                    surface = self._layer(self.surface_name(kind))
+                    if surface is not None:
+                        surface.data = _empty_surface()
+                self._show_for_mode(kind)
+                continue
             if kind not in summary.kinds:  # that map no longer exists for this iteration
                 _set(image, "visible", False)
                 _set(self._layer(self.surface_name(kind)), "visible", False)
@@ -292,6 +318,8 @@ class MapLayers:
         grid = getattr(self.viewer, "canvas", None)
         grid = grid.grid if grid is not None and hasattr(grid, "grid") else self.viewer.grid
         for kind in self.kinds:
+            self._show_for_mode(kind)
+        for kind in self.expected - set(self.kinds):
             self._show_for_mode(kind)
         _set(grid, "enabled", True)
         _set(self.viewer.dims, "ndisplay", 2 if self.mode == "slices" else 3)

@@ -95,6 +95,7 @@ class MonitorWidget(QWidget):
         s.message.connect(self._on_message)
         self._queue: deque = deque()
         self._load_id = 0
+        self._last_shape: tuple[int, ...] | None = None
         self.destroyed.connect(self._stop_workers)
         self._drain_timer = QTimer(self, singleShot=True, interval=5)
         self._drain_timer.timeout.connect(self._drain)
@@ -291,6 +292,10 @@ class MonitorWidget(QWidget):
         if not paths:
             self.load_label.setText(f"iteration {number}: no maps on disk yet")
             return
+        expected = set(paths)
+        if not getattr(it, "final", False):
+            expected |= _state.expected_kinds(self.session.job_dir)
+        self.layers.expected = expected
         key = (number, tuple(sorted((k, str(p), _mtime(p)) for k, p in paths.items())))
         if key == self._shown_key:
             return
@@ -323,6 +328,11 @@ class MonitorWidget(QWidget):
         if isinstance(item, LoadedMap):  # image and surface in two turns
             self._queue.append((load_id, ("image", item)))
             self._queue.append((load_id, ("surface", item)))
+            self._last_shape = item.volume.shape
+        elif isinstance(item, MapsSummary) and self._last_shape is not None:
+            for kind in self.layers.missing_layers():  # one layer pair per turn, before the summary
+                self._queue.append((load_id, ("placeholder", (kind, self._last_shape))))
+            self._queue.append((load_id, item))
         else:
             self._queue.append((load_id, item))
         if not self._drain_timer.isActive():
@@ -340,7 +350,9 @@ class MonitorWidget(QWidget):
     def _apply(self, item: Any) -> None:
         if isinstance(item, tuple):
             part, loaded = item
-            if part == "image":
+            if part == "placeholder":
+                self.layers.apply_placeholder(*loaded)
+            elif part == "image":
                 self._volumes[loaded.kind] = loaded.volume
                 self.layers.apply_image(loaded)
             else:
