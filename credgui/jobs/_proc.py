@@ -37,34 +37,31 @@ def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
     return True
 
 
-def pgid_members(pgid: int | None) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    if not pgid:
+def _live_with(field: int, value: int | None) -> list[int]:
+    """Live (non-zombie) processes whose /proc/PID/stat field ``field`` (after the command
+    name: 2 = process group, 3 = session) equals ``value``."""
+    if not value:
         return []
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         f = _stat_fields(int(entry))
-        if f and len(f) > 2 and f[0] not in ("Z", "X") and int(f[2]) == int(pgid):
+        if f and len(f) > field and f[0] not in ("Z", "X") and int(f[field]) == int(value):
             out.append(int(entry))
     return out
+
+
+def pgid_members(pgid: int | None) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    return _live_with(2, pgid)
 
 
 def session_members(sid: int | None) -> list[int]:
     """Live (non-zombie) processes in session ``sid``. A launcher started with
     ``start_new_session`` leads its own session; Open MPI's mpirun puts every rank in a process
     group of its own, but they all stay in the session (and so does a hook a rank runs)."""
-    if not sid:
-        return []
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        f = _stat_fields(int(entry))
-        if f and len(f) > 3 and f[0] not in ("Z", "X") and int(f[3]) == int(sid):
-            out.append(int(entry))
-    return out
+    return _live_with(3, sid)
 
 
 def cmdline(pid: int) -> list[str]:
