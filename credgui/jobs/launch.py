@@ -48,6 +48,7 @@ from credgui.relion.jobdir import (
     first_image_stack,
     read_optics,
 )
+from credgui.resources import resource_path
 
 __all__ = [
     "LaunchError",
@@ -81,7 +82,6 @@ SUBMIT_SCRIPT = "run_submit.script"
 HOOK_ENV = "RELION_EXTERNAL_RECONSTRUCT_EXECUTABLE"
 HOOK_NAME = "credgui-reconstruct"
 RELION_REFINE_MPI = "relion_refine_mpi"
-RESOURCES = Path(__file__).resolve().parent.parent.parent / "resources"
 
 
 class LaunchError(RuntimeError):
@@ -599,7 +599,7 @@ def launch_local(params: RefineParams, *, hook: str | None = None) -> JobHandle:
 def default_template() -> Path:
     """``$RELION_QSUB_TEMPLATE`` if set, else credgui's shipped Slurm template."""
     env = os.environ.get("RELION_QSUB_TEMPLATE")
-    return Path(env) if env else RESOURCES / "templates" / "slurm.sh"
+    return Path(env) if env else resource_path("templates", "slurm.sh")
 
 
 def _extra_values(extra: Mapping[int, str] | Sequence[str] | None) -> dict[int, str]:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from credgui.errors import InputError
+from credgui.resources import resource_path
 from credgui.simulate.dataset import (
     DEFAULT_BOX,
     DEFAULT_DEFOCUS_UM,
@@ -52,7 +53,7 @@ __all__ = [
     "DEFAULT_DEFOCUS_UM",
 ]
 
-STRUCTURES_DIR = Path(__file__).resolve().parents[2] / "resources" / "structures"
+STRUCTURES_DIR = resource_path("structures")
 DEFAULT_STRUCTURE = STRUCTURES_DIR / "DRD2_6CM4_target.pdbqt"
 """Dopamine D2 receptor-T4 lysozyme fusion (48 kDa, elongated), from DOCKSTRING (see its README)."""
 

@@ -1,0 +1,30 @@
+"""Files credgui ships (default structure, queue templates, denoiser weights): one lookup for all.
+
+Why one function: in a source checkout, and in the editable install that install.sh makes, they
+sit in the repository's ``resources/`` folder beside the package; a regular install (a wheel)
+carries the same folder inside the package as ``credgui/_resources/`` (pyproject.toml maps it
+there). Every caller asks ``resource_path`` and works in both cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["resources_dir", "resource_path"]
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def resources_dir() -> Path:
+    """The folder holding ``structures/``, ``templates/``, ``models/``: the installed copy
+    (``credgui/_resources``) when there is one, else the checkout's ``resources/``."""
+    installed = _PACKAGE / "_resources"
+    if installed.is_dir():
+        return installed
+    return _PACKAGE.parent / "resources"
+
+
+def resource_path(*parts: str) -> Path:
+    """``resource_path("structures", "DRD2_6CM4_target.pdbqt")``: the path of a shipped file
+    (it may not exist, e.g. weights not shipped yet: callers check)."""
+    return resources_dir().joinpath(*parts)
