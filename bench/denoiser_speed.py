@@ -15,7 +15,11 @@ Writes bench/results/denoiser_speed-<host>-<UTC time>.json and prints it. Number
   has one box-64 map denoised, minus the worker's inference time (all the hook pays for the
   denoiser beyond the network itself); against ``fresh_process_import_torch_s``, what the
   hook would pay for the torch import alone without the worker.
-- training: steps per second at box 64, batch 2.
+- training: seconds per step at box 64, batch 2, and maps per second (batch / step time).
+- load_average: os.getloadavg() before and after: on a shared machine other processes take
+  CPU time from the measurement, so compare numbers only at similar load.
+
+Also writes bench/results/denoiser_speed.json (the latest run, the one the model card quotes).
 """
 
 from __future__ import annotations
@@ -180,6 +184,7 @@ def bench_training(steps: int, threads: int) -> dict:
         "batch_size": 2,
         "device": "cpu",
         "seconds_per_step": statistics.median(times),
+        "maps_per_second": 2 / statistics.median(times),
         "data_seconds_per_batch": t_data,
     }
     print(f"training: {result}", flush=True)
@@ -208,6 +213,7 @@ def main() -> int:
         "threads": args.threads,
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_before": list(os.getloadavg()),
     }
     if "inference" not in args.skip:
         report["inference"] = bench_inference(args.boxes, args.repeats, args.threads)
@@ -215,11 +221,16 @@ def main() -> int:
         report["worker"] = bench_worker(args.repeats, args.threads)
     if "training" not in args.skip:
         report["training"] = bench_training(args.train_steps, args.threads)
+    report["load_average_after"] = list(os.getloadavg())
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"denoiser_speed-{platform.node()}-{stamp}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
+    latest = out_dir / "denoiser_speed.json"
+    tmp = latest.with_name(f".{latest.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, latest)
     print(json.dumps(report, indent=2))
     print(f"written: {path}")
     return 0

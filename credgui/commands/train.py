@@ -6,7 +6,14 @@ damped in the solvent by a soft mask, at a noise level drawn per sample; augment
 OUT/checkpoint.pt every --checkpoint-every steps (run the same command again to resume after
 a kill or Ctrl-C) and OUT/model.pt at the end, usable as `weights` in credgui.toml.
 
+With --library (a ground-truth library from `credgui train-data library`), pairs are made at a
+nominal resolution drawn per sample (3-16 A by default) and the target is the ground truth
+low-passed by the matching FSC (the paper's coarsened ground truth, eq. 18-19); --val-library
+gives the validation loss printed at every checkpoint. --intermediates (from `credgui train-data
+relion`) trains on RELION's own x~ maps, mixed with the library's pairs by --mix.
+
 Examples:
+  credgui train --library lib/gt_train.npz --val-library lib/gt_val.npz --out runs/a --steps 8000
   credgui train --maps gt1.mrc gt2.mrc --out models/run1 --steps 20000 --box 64
   credgui train --maps gt.mrc --masks mask.mrc --noise-profile noise.txt --out m --device cuda
   credgui train --maps gt.mrc --out m --steps 100 --threads 2      # a quick CPU check
@@ -21,8 +28,30 @@ import sys
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--maps", nargs="+", metavar="MRC", help="noise-free ground-truth maps")
     parser.add_argument(
-        "--maps", nargs="+", required=True, metavar="MRC", help="noise-free ground-truth maps"
+        "--library", metavar="NPZ", help="ground-truth library (credgui train-data library)"
+    )
+    parser.add_argument("--val-library", metavar="NPZ", help="validation ground-truth library")
+    parser.add_argument(
+        "--intermediates",
+        nargs="+",
+        metavar="NPZ",
+        help="RELION intermediate sets (credgui train-data relion)",
+    )
+    parser.add_argument(
+        "--mix",
+        type=float,
+        default=0.5,
+        help="with --library and --intermediates: fraction of samples from the intermediates",
+    )
+    parser.add_argument(
+        "--resolution-range",
+        type=float,
+        nargs=2,
+        default=(3.0, 16.0),
+        metavar=("BEST", "WORST"),
+        help="nominal resolutions (A) drawn for --library pairs",
     )
     parser.add_argument(
         "--masks",
@@ -74,12 +103,22 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from credgui.denoise.train import GaussianPairs, TrainConfig, noise_profile_from_file, train
+    from credgui.denoise.train import (
+        GaussianPairs,
+        TrainConfig,
+        noise_profile_from_file,
+        train,
+    )
     from credgui.errors import InputError
     from credgui.relion.mrc import read_mrc, read_voxel_size
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.library or args.intermediates:
+        return _train_pairs(args)
+    if not args.maps:
+        print("credgui train: error: give --maps, --library or --intermediates", file=sys.stderr)
+        return 2
     maps = [read_mrc(p) for p in args.maps]
     masks = None
     if args.masks:
@@ -131,3 +170,85 @@ def main(args: argparse.Namespace) -> int:
         print(f"nothing to do: {args.out} already holds {config.steps} steps")
     print(f"model: {args.out}/model.pt")
     return 0
+
+
+def _train_pairs(args: argparse.Namespace) -> int:
+    """--library / --intermediates: resolution pairs (coarsened ground truth as the target)."""
+    from credgui.denoise.train import TrainConfig, train
+
+    data, val, meta = _pair_sources(args)
+    settings_extra = {"resolution_range": list(args.resolution_range), "mix": args.mix}
+    try:
+        config = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            box=data.box,
+            voxel_size=data.voxel_size,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            solvent_damping=args.solvent_damping,
+            channels=args.channels,
+            depth=args.depth,
+            device=args.device,
+            description=args.description,
+            extra={**settings_extra, "sources": meta},
+        ).validate()
+    except ValueError as exc:
+        print(f"credgui train: error: {exc}", file=sys.stderr)
+        return 2
+    last = None
+    for p in train(
+        config, data, args.out, resume=not args.no_resume, val_data=val,
+        model_metadata={"data": meta},
+    ):
+        last = p
+        if p.checkpoint is not None or p.step == 1:
+            val_txt = f"  val {p.val_loss:.5f}" if p.val_loss is not None else ""
+            print(
+                f"step {p.step}/{p.steps}  loss {p.loss:.5f}{val_txt}  {p.seconds:.2f} s/step",
+                flush=True,
+            )
+    if last is None:
+        print(f"nothing to do: {args.out} already holds {config.steps} steps")
+    print(f"model: {args.out}/model.pt")
+    return 0
+
+
+def _pair_sources(args: argparse.Namespace):
+    """(training data, validation data or None, JSON-able description) from the arguments."""
+    from credgui.denoise.groundtruth import load_library
+    from credgui.denoise.pairs import MixedPairs, PairSettings, ResolutionPairs
+
+    best, worst = args.resolution_range
+    settings = PairSettings(res_min=best, res_max=worst)
+    parts, val, meta = [], None, {}
+    if args.library:
+        lib = load_library(args.library)
+        parts.append(ResolutionPairs(lib.maps, lib.voxel_size, settings))
+        meta["library"] = {
+            "path": str(args.library),
+            "maps": len(lib),
+            "families": sorted(set(lib.families)),
+            "models": sorted(set(lib.names)),
+        }
+    if args.val_library:
+        vlib = load_library(args.val_library)
+        val = ResolutionPairs(vlib.maps, vlib.voxel_size, settings)
+        meta["val_library"] = {
+            "path": str(args.val_library),
+            "maps": len(vlib),
+            "families": sorted(set(vlib.families)),
+            "models": sorted(set(vlib.names)),
+        }
+    if args.intermediates:
+        from credgui.denoise.harvest import IntermediatePairs, load_intermediates
+
+        sets = [load_intermediates(p) for p in args.intermediates]
+        inter = IntermediatePairs(sets)
+        meta["intermediates"] = {"paths": [str(p) for p in args.intermediates], "maps": len(inter)}
+        if parts:
+            return MixedPairs(inter, parts[0], args.mix), val, meta
+        return inter, val, meta
+    return parts[0], val, meta

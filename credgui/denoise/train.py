@@ -120,6 +120,7 @@ class TrainProgress:
     loss: float
     seconds: float  # wall time of this step
     checkpoint: Path | None = None  # written after this step, if any
+    val_loss: float | None = None  # loss on the fixed validation batches, when computed
 
 
 # --------------------------------------------------------------------------- data
@@ -284,6 +285,7 @@ def _save_checkpoint(
     step: int,
     config: TrainConfig,
     losses: list[float],
+    val_losses: list[list[float]] | None = None,
 ) -> Path:
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -293,6 +295,7 @@ def _save_checkpoint(
         "config": config.to_dict(),
         "net_config": dict(model.config),
         "losses": list(losses),
+        "val_losses": [list(v) for v in (val_losses or [])],
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -321,21 +324,72 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def validation_loss(
+    model: UNet3D, val_data: Any, config: TrainConfig, batches: int, device: torch.device
+) -> float:
+    """Mean L2 loss on ``batches`` fixed validation batches (seed + 1e6: never a training batch)."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for b in range(batches):
+            x, y = val_data.batch(config.seed + 1_000_000, b, config.batch_size)
+            total += float(torch.nn.functional.mse_loss(model(x.to(device)), y.to(device)))
+    return total / max(batches, 1)
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write a checkpoint's network as a weights file (``save_model`` format), e.g. to ship or
+    evaluate a model while its training goes on. ``metadata`` overrides voxel_size, box,
+    description, lambdas; ``training`` records the checkpoint's config, step and losses."""
+    raw = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(raw["config"])
+    model = UNet3D(raw["net_config"])
+    model.load_state_dict(raw["model"])
+    model.eval()
+    losses = [float(v) for v in raw["losses"]]
+    tail = losses[-50:]
+    meta: dict[str, Any] = {
+        "voxel_size": config.voxel_size,
+        "box": config.box,
+        "description": config.description or f"3D U-Net, {raw['step']} steps",
+        "training": {
+            "config": config.to_dict(),
+            "steps": int(raw["step"]),
+            "loss_last_50_mean": float(np.mean(tail)) if tail else None,
+            "val_losses": [list(v) for v in raw.get("val_losses", [])],
+        },
+    }
+    extra = dict(metadata or {})
+    meta["training"].update(extra.pop("training", {}))
+    meta.update(extra)
+    return save_model(out, model, meta)
+
+
 def _optimiser(model: UNet3D, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def train(
     config: TrainConfig,
-    data: GaussianPairs,
+    data: Any,
     out_dir: str | Path,
     *,
     resume: bool = True,
+    val_data: Any | None = None,
+    val_batches: int = 2,
+    model_metadata: dict[str, Any] | None = None,
 ) -> Iterator[TrainProgress]:
     """Train (or resume training) a ``UNet3D``; yields one ``TrainProgress`` per step.
 
+    data: anything with ``batch(seed, step, size) -> (inputs, targets)`` (``GaussianPairs``,
+    ``credgui.denoise.pairs.ResolutionPairs``, ``credgui.denoise.harvest.IntermediatePairs``).
+    val_data: the same kind of object on validation maps; its loss on ``val_batches`` fixed
+    batches is computed at every checkpoint (eval mode, no gradient) and kept in the checkpoint.
     Resumes from ``OUT/checkpoint.pt`` when present and ``resume`` (its config must agree on
-    everything but ``steps`` and ``device``). Writes ``OUT/model.pt`` after the last step.
+    everything but ``steps`` and ``device``). Writes ``OUT/model.pt`` after the last step, with
+    ``model_metadata`` merged into its ``training`` record.
     """
     config.validate()
     out = Path(out_dir)
@@ -348,6 +402,7 @@ def train(
     model.to(device)
     optimiser = _optimiser(model, config)
     step, losses = 0, []
+    val_losses: list[list[float]] = []  # [step, loss]
     if resume and ckpt_path.exists():
         raw = load_checkpoint(ckpt_path)
         saved = TrainConfig.from_dict(raw["config"])
@@ -366,6 +421,7 @@ def train(
         model.load_state_dict(raw["model"])
         optimiser.load_state_dict(raw["optimizer"])
         step, losses = int(raw["step"]), [float(v) for v in raw["losses"]]
+        val_losses = [list(v) for v in raw.get("val_losses", [])]
         log.info("resumed from %s at step %d", ckpt_path, step)
 
     loss_fn = torch.nn.MSELoss()
@@ -381,10 +437,18 @@ def train(
         step += 1
         value = float(loss.detach())
         losses.append(value)
-        written = None
+        written, val_value = None, None
         if step % config.checkpoint_every == 0 or step == config.steps:
-            written = _save_checkpoint(ckpt_path, model, optimiser, step, config, losses)
-        yield TrainProgress(step, config.steps, value, time.perf_counter() - t0, written)
+            if val_data is not None:
+                val_value = validation_loss(model, val_data, config, val_batches, device)
+                val_losses.append([float(step), val_value])
+                model.train()
+            written = _save_checkpoint(
+                ckpt_path, model, optimiser, step, config, losses, val_losses
+            )
+        yield TrainProgress(
+            step, config.steps, value, time.perf_counter() - t0, written, val_value
+        )
 
     if step == config.steps:
         model.eval()
@@ -400,6 +464,8 @@ def train(
                     "steps": step,
                     "final_loss": losses[-1] if losses else None,
                     "data": "gaussian-pairs",
+                    "val_losses": val_losses,
+                    **(model_metadata or {}),
                 },
             },
         )
@@ -410,6 +476,7 @@ __all__ = [
     "TrainConfig",
     "TrainProgress",
     "coloured_noise",
+    "export_checkpoint",
     "load_checkpoint",
     "noise_profile_from_file",
     "rotate_cube",

@@ -1,0 +1,279 @@
+"""Ground-truth map libraries for training: atomic models -> randomly oriented maps, by family.
+
+Why a library: computing a map with gemmi takes ~0.1 s, a training step needs several maps, and the
+same few hundred structures are reused for thousands of steps; so the maps are computed once, in
+several random orientations (the cube's 24 rotations alone would leave the network blind to most
+orientations of a helix), and stored in one ``.npz``:
+
+    maps (N, box, box, box) float32, z,y,x, centre of mass on voxel box//2;
+    names (N,) str, families (N,) str, sources (N,) str (file paths);
+    voxel_size (), box () and a JSON ``meta`` string (rotations, B-factors, how it was made).
+
+Families keep training and validation apart (no family in both): ``split_by_family`` decides,
+and the library records which families it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from credgui.errors import InputError
+
+LIBRARY_FORMAT = "credgui-gt-library/1"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One atomic model and the protein family it belongs to (the unit of the train/val split)."""
+
+    path: str
+    family: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Library:
+    """A loaded ground-truth library (see the module docstring)."""
+
+    maps: np.ndarray
+    names: tuple[str, ...]
+    families: tuple[str, ...]
+    sources: tuple[str, ...]
+    voxel_size: float
+    box: int
+    meta: dict
+
+    def __len__(self) -> int:
+        return int(self.maps.shape[0])
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation matrix drawn uniformly from SO(3) (unit quaternion from 4 normals)."""
+    q = rng.standard_normal(4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def oriented_map(
+    path: str | Path, box: int, voxel_size: float, rotation: np.ndarray | None = None
+) -> np.ndarray:
+    """The model's potential map, rotated by ``rotation`` about its centre of mass, (z, y, x).
+
+    Same recipe as ``credgui.simulate.model.model_to_map`` (gemmi on a grid <= 0.8 A, Fourier crop
+    to ``box``, so the map is band-limited), with the atoms rotated first. InputError (naming the
+    file) when unreadable or too large for the box.
+    """
+    import gemmi
+
+    from credgui.simulate import model as sm
+
+    st, xyz, masses, b_default = sm.prepare_model(path)
+    info = sm._info(path, xyz, masses, b_default)
+    sm.check_fits(info, box, voxel_size)
+    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=float)
+    com = (xyz * masses[:, None]).sum(0) / masses.sum()
+    centre = np.full(3, (box // 2) * voxel_size)
+    over = max(1, math.ceil(voxel_size / sm.FINE_PIXEL - 1e-9))
+    n_fine = box * over
+    length = box * voxel_size
+    for ch in st[0]:
+        for res in ch:
+            for atom in res:
+                p = rot @ (np.array(atom.pos.tolist()) - com) + centre
+                atom.pos = gemmi.Position(*p)
+    dc = gemmi.DensityCalculatorE()
+    dc.d_min = 0
+    dc.grid.set_unit_cell(gemmi.UnitCell(length, length, length, 90, 90, 90))
+    dc.grid.spacegroup = gemmi.find_spacegroup_by_name("P1")
+    dc.grid.set_size(n_fine, n_fine, n_fine)
+    st.cell = dc.grid.unit_cell
+    st.spacegroup_hm = "P 1"
+    dc.put_model_density_on_grid(st[0])
+    fine = np.array(dc.grid, copy=True)
+    if fine.shape != (n_fine,) * 3:
+        raise RuntimeError(f"gemmi resized the grid to {fine.shape}")
+    fine = np.ascontiguousarray(fine.transpose(2, 1, 0), dtype=np.float64)
+    vol = sm.fourier_crop(fine, box) if over > 1 else fine
+    return vol.astype(np.float32)
+
+
+def iter_build_library(
+    entries: Sequence[ModelEntry],
+    box: int,
+    voxel_size: float,
+    orientations: int = 2,
+    seed: int = 0,
+) -> Iterator[tuple[int, int, ModelEntry, np.ndarray | None, str | None]]:
+    """Yield ``(i, n, entry, map or None, error or None)`` per (model, orientation).
+
+    Models that do not fit the box or cannot be read give an error string instead of a map
+    (a library of hundreds of files should not stop at one bad file).
+    """
+    n = len(entries) * orientations
+    i = 0
+    for e_index, entry in enumerate(entries):
+        rng = np.random.default_rng([seed, e_index])
+        for _ in range(orientations):
+            rot = random_rotation(rng)
+            try:
+                vol = oriented_map(entry.path, box, voxel_size, rot)
+                err = None
+            except InputError as exc:
+                vol, err = None, str(exc)
+            yield i, n, entry, vol, err
+            i += 1
+
+
+def save_library(
+    path: str | Path,
+    maps: Sequence[np.ndarray],
+    entries: Sequence[ModelEntry],
+    voxel_size: float,
+    meta: dict | None = None,
+) -> Path:
+    """Write a library ``.npz`` atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    if not maps:
+        raise InputError(path, "no maps to save (every model failed or none given)")
+    stack = np.stack([np.asarray(m, np.float32) for m in maps])
+    full_meta = {"format": LIBRARY_FORMAT, **(meta or {})}
+    full_meta["families"] = sorted({e.family for e in entries})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(
+            tmp,
+            maps=stack,
+            names=np.array([e.name or Path(e.path).name for e in entries]),
+            families=np.array([e.family for e in entries]),
+            sources=np.array([e.path for e in entries]),
+            voxel_size=np.float64(voxel_size),
+            box=np.int64(stack.shape[1]),
+            meta=np.array(json.dumps(full_meta)),
+        )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_library(path: str | Path) -> Library:
+    """A library written by ``save_library``; InputError naming the file otherwise."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            lib = Library(
+                maps=z["maps"].astype(np.float32, copy=False),
+                names=tuple(str(s) for s in z["names"]),
+                families=tuple(str(s) for s in z["families"]),
+                sources=tuple(str(s) for s in z["sources"]),
+                voxel_size=float(z["voxel_size"]),
+                box=int(z["box"]),
+                meta=meta,
+            )
+    except FileNotFoundError:
+        raise InputError(path, "ground-truth library not found") from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(
+            path,
+            f"not a credgui ground-truth library ({' '.join(str(exc).split())[:160]})",
+        ) from None
+    if meta.get("format") != LIBRARY_FORMAT:
+        raise InputError(
+            path, f"not a credgui ground-truth library (format {meta.get('format')!r})"
+        )
+    if lib.maps.ndim != 4 or len(set(lib.maps.shape[1:])) != 1:
+        raise InputError(path, f"maps must be (N, box, box, box), got {lib.maps.shape}")
+    return lib
+
+
+def split_by_family(
+    entries: Sequence[ModelEntry], validation_families: Sequence[str]
+) -> tuple[list[ModelEntry], list[ModelEntry]]:
+    """(train, validation): every model of a validation family goes to validation, none to train."""
+    val = set(validation_families)
+    unknown = val - {e.family for e in entries}
+    if unknown:
+        raise ValueError(f"validation families not among the models: {sorted(unknown)}")
+    return [e for e in entries if e.family not in val], [
+        e for e in entries if e.family in val
+    ]
+
+
+def entry_dicts(entries: Sequence[ModelEntry]) -> list[dict]:
+    return [dataclasses.asdict(e) for e in entries]
+
+
+__all__ = [
+    "Library",
+    "ModelEntry",
+    "iter_build_library",
+    "load_library",
+    "oriented_map",
+    "random_rotation",
+    "save_library",
+    "split_by_family",
+]
+
+
+def build_split_libraries(
+    entries: Sequence[ModelEntry],
+    validation_families: Sequence[str],
+    out_dir: str | Path,
+    *,
+    box: int = 64,
+    voxel_size: float = 1.5,
+    orientations: int = 3,
+    val_orientations: int = 2,
+    seed: int = 0,
+) -> Iterator[tuple[str, int, int, ModelEntry, str | None]]:
+    """Build ``OUT/gt_train.npz`` and ``OUT/gt_val.npz`` (split by family) and ``OUT/split.json``.
+
+    Yields ``(part, i, n, entry, error or None)`` per map, for a progress bar.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_e, val_e = split_by_family(entries, validation_families)
+    report: dict = {"box": box, "voxel_size": voxel_size, "seed": seed, "parts": {}}
+    for part, part_entries, n_or in (
+        ("val", val_e, val_orientations),
+        ("train", train_e, orientations),
+    ):
+        maps, kept, failed = [], [], {}
+        for i, n, entry, vol, err in iter_build_library(
+            part_entries, box, voxel_size, n_or, seed
+        ):
+            if vol is not None:
+                maps.append(vol)
+                kept.append(entry)
+            else:
+                failed[entry.path] = err
+            yield part, i, n, entry, err
+        meta = {"orientations": n_or, "seed": seed, "failed": failed, "split": part}
+        save_library(out / f"gt_{part}.npz", maps, kept, voxel_size, meta)
+        report["parts"][part] = {
+            "families": sorted({e.family for e in kept}),
+            "models": sorted({e.name for e in kept}),
+            "maps": len(maps),
+            "failed": failed,
+        }
+    tmp = out / f".split.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out / "split.json")
