@@ -94,7 +94,7 @@ def test_launch_panel_runs_a_local_refinement(make_napari_viewer, relion_project
     assert later, "the hook was not called after the lambda change"
     # (a call already under way when the file was written may still log the old values)
     assert later[-1].get("lambda_low_res") == 25.0 and later[-1].get("lambda_max") == 0.5, later[-1]
-    assert len(plots.half_curves) >= 1
+    qtbot.waitUntil(lambda: not monitor.load_label.text().startswith("loading"), timeout=60000)
     qtbot.wait(300)
     img = viewer.screenshot(canvas_only=False, flash=False)
     save_screenshot(img, tmp_path / "credgui_e2e_finished.png")
@@ -105,6 +105,9 @@ def test_launch_panel_runs_a_local_refinement(make_napari_viewer, relion_project
 
     written = {it.number: it.time for it in scan_job(job_dir).iterations if not it.final}
     latency = {n: round(shown[n] - written[n], 2) for n in written if n in shown}
+    # every iteration's maps were shown while it ran, and each has its half-map FSC curve
+    assert set(written) - {0} <= set(shown), (sorted(written), sorted(shown))
+    assert len(plots.half_curves) >= len(set(written) - {0}), len(plots.half_curves)
     report = {"wall_s": round(wall, 1), "job_dir": str(job_dir), "latency_s": latency}
     (SCREENS / "credgui_e2e.json").write_text(json.dumps(report))
     print("credgui e2e:", report)
