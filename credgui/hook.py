@@ -1,9 +1,14 @@
 """``credgui-reconstruct STAR``: the program RELION 3.1's ``--external_reconstruct`` runs.
 
-lambda = 0 reproduces RELION's own M-step (eq. 11). Any error exits non-zero with one line on
-stderr naming the file, so RELION stops instead of running on garbage. (CW-RED eq. 17 with a
-denoiser: in progress, see the issue notes; a configured denoiser other than ``none`` is
-refused rather than silently ignored.)
+Per call (one M-step, one half or the final joined map): read and validate RELION's STAR and
+its three arrays; x~ = B/K (eq. 17) written as ``ROOT_credgui_unreg.mrc``; with a denoiser,
+f(x~) (``ROOT_credgui_denoised.mrc``), lambda from the FSC's nominal resolution (section 4.3)
+and eq. (17)'s numerator; RELION's Pipe-Menon gridding and windowing; the result checked and
+written atomically; one JSON line in ``credgui_hook.jsonl``. lambda = 0 (or denoiser
+``none``) reproduces RELION's own eq. (11).
+
+Any error exits non-zero with one line on stderr naming the file, and no result is written, so
+RELION stops instead of running on garbage. Nothing here waits without a timeout.
 """
 
 from __future__ import annotations
@@ -13,58 +18,152 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from credgui.config import load_config
+from credgui.config import HookConfig, config_path, load_config
 from credgui.errors import InputError
 from credgui.recon.fourier import prior_weight
-from credgui.recon.gridding import gridded_map
+from credgui.recon.gridding import gridded_map, window_real
+from credgui.recon.schedule import lambda_for_resolution, nominal_resolution, ramp_thresholds
+from credgui.recon.update import (
+    cwred_numerator,
+    denoise_map,
+    denoiser_prior_weight,
+    padded_fourier_from_map,
+    unregularised_fourier,
+    unregularised_map,  # noqa: F401  (re-exported: the GUI and tests use it from here)
+)
 from credgui.relion.mrc import write_mrc_atomic
-from credgui.relion.protocol import read_arrays, read_call
+from credgui.relion.protocol import ExternalReconstructCall, find_pixel_size, read_arrays, read_call
+
+JSONL_NAME = "credgui_hook.jsonl"
 
 
-def unregularised_map(data, weight, ori_size: int, current_size: int, padding: float) -> np.ndarray:
-    """x~ = B/K (eq. 17) in real space; K floored at 1/1000 of its mean, as RELION's skip_gridding."""
-    from credgui.recon.fourier import max_radius2, rfft_radius2
-    from credgui.recon.gridding import window_real
+def _denoiser_options(config: HookConfig) -> dict[str, Any]:
+    """The plugin's options: ``denoiser_options`` plus the top-level ``weights``/``device``."""
+    options = dict(config.denoiser_options)
+    if config.weights:
+        options.setdefault("weights", config.weights)
+    if config.device and config.device != "auto":
+        options.setdefault("device", config.device)
+    return options
 
-    inside = rfft_radius2(data.shape[0]) < max_radius2(current_size, padding)
-    floor = 1e-3 * float(weight[inside].mean()) if inside.any() else 1.0
-    x = np.where(inside, data / np.maximum(weight, max(floor, 1e-30)), 0).astype(np.complex64)
-    return window_real(x, ori_size, padding, soft_edge=False)
+
+def _pixel_size(call: ExternalReconstructCall, config: HookConfig, required: bool) -> float | None:
+    """config.pixel_size, else the run's model/data STAR; an InputError if required and unknown."""
+    if config.pixel_size:
+        return float(config.pixel_size)
+    found = find_pixel_size(call)
+    if found is not None:
+        return found[0]
+    if required:
+        raise InputError(
+            config_path(call.job_dir),
+            f"pixel_size is not set and no *_model.star or *_data.star in {call.job_dir} gives "
+            f"one; the denoiser {config.denoiser!r} needs it: add pixel_size = <A/px>",
+        )
+    return None
 
 
-def run(star: str | Path) -> dict:
+def run(star: str | Path) -> dict[str, Any]:
+    """One hook call; returns the JSON record it appended. Raises InputError on bad input."""
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
     call = read_call(star)
     config = load_config(call.job_dir)
+    denoiser = None
     if config.denoiser != "none":
-        raise InputError(call.job_dir / "credgui.toml", f"denoiser {config.denoiser!r}: CW-RED mixing is not yet enabled in this build")
+        from credgui.denoise.dispatch import open_denoiser
+
+        try:
+            denoiser = open_denoiser(config.denoiser, _denoiser_options(config), socket_path=config.worker_socket)
+        except (ValueError, ImportError) as exc:
+            raise InputError(config_path(call.job_dir), f"denoiser {config.denoiser!r}: {exc}") from None
+    pixel_size = _pixel_size(call, config, required=denoiser is not None)
     data, weight = read_arrays(call)
-    t1 = time.perf_counter()
-    prior = prior_weight(weight, call.tau2, call.current_size, call.padding, call.tau2_fudge)
-    vol = gridded_map(data, weight + prior, call.ori_size, call.current_size, call.padding)
-    unreg = unregularised_map(data, weight, call.ori_size, call.current_size, call.padding)
-    write_mrc_atomic(call.output_path("credgui_unreg.mrc"), unreg, config.pixel_size)
-    t2 = time.perf_counter()
-    n = call.ori_size
+    t = time.perf_counter()
+    timings["read"] = t - t0
+
+    n, pad = call.ori_size, call.padding
+    unreg_f = unregularised_fourier(data, weight, call.current_size, pad)
+    unreg = window_real(unreg_f, n, pad, soft_edge=False)
+    del unreg_f
+    write_mrc_atomic(call.output_path("credgui_unreg.mrc"), unreg, pixel_size)
+    timings["unreg"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    resolution = nominal_resolution(call.fsc, pixel_size, n) if pixel_size else None
+    lam = 0.0
+    low = high = None
+    numerator = data
+    if denoiser is not None:
+        info = denoiser.info
+        low, high = ramp_thresholds(config.lambda_low_res, config.lambda_high_res,
+                                    info.lambda_low_res, info.lambda_high_res)
+        lam = lambda_for_resolution(resolution, low, high, config.lambda_max)
+        denoised = denoise_map(unreg, denoiser, pixel_size, info.voxel_size)
+        if denoised.shape != (n, n, n) or not np.isfinite(denoised).all():
+            raise InputError(call.output_path("credgui_denoised.mrc"), "denoised map is not finite")
+        write_mrc_atomic(call.output_path("credgui_denoised.mrc"), denoised, pixel_size)
+        timings["denoise"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if lam > 0:
+            fx = padded_fourier_from_map(denoised, call.padded_size, pad)
+            tau_inv = denoiser_prior_weight(data.shape, call.tau2, call.current_size, pad, call.tau2_fudge)
+            numerator = cwred_numerator(data, tau_inv, fx, lam)
+            del fx, tau_inv
+        timings["update"] = time.perf_counter() - t
+        t = time.perf_counter()
+    del unreg
+
+    prior = prior_weight(weight, call.tau2, call.current_size, pad, call.tau2_fudge)
+    weight += prior
+    del prior
+    vol = gridded_map(numerator, weight, n, call.current_size, pad)
+    del numerator, data, weight
+    timings["gridding"] = time.perf_counter() - t
+    t = time.perf_counter()
     if vol.shape != (n, n, n) or not np.isfinite(vol).all():
         raise InputError(call.result, "result is not a finite map of the original box; not written")
-    write_mrc_atomic(call.result, vol)
-    t3 = time.perf_counter()
+    write_mrc_atomic(call.result, vol, pixel_size)
+    if not config.keep_inputs:
+        for path in (call.data_real, call.data_imag, call.weight):
+            path.unlink(missing_ok=True)
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
     record = {
         "time": datetime.now(timezone.utc).isoformat(), "root": call.root, "iteration": call.iteration,
         "half": call.half, "class": call.class_number, "ori_size": n, "current_size": call.current_size,
-        "padding": call.padding, "pixel_size": config.pixel_size, "nominal_resolution": None, "lambda": 0.0,
-        "lambda_low_res": config.lambda_low_res, "lambda_high_res": config.lambda_high_res,
-        "lambda_max": config.lambda_max, "denoiser": config.denoiser, "worker": False,
-        "timings": {"read": t1 - t0, "gridding": t2 - t1, "write": t3 - t2, "total": t3 - t0},
-        "status": "ok",
+        "padding": pad, "pixel_size": pixel_size, "nominal_resolution": resolution, "lambda": lam,
+        "lambda_low_res": low if low is not None else config.lambda_low_res,
+        "lambda_high_res": high if high is not None else config.lambda_high_res,
+        "lambda_max": config.lambda_max, "denoiser": config.denoiser,
+        "worker": bool(getattr(denoiser, "used_worker", False)),
+        "timings": timings, "status": "ok",
     }
-    with open(call.job_dir / "credgui_hook.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    _append_record(call.job_dir, record)
     return record
+
+
+def _append_record(job_dir: Path, record: dict[str, Any]) -> None:
+    with open(job_dir / JSONL_NAME, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _log_failure(star: str, message: str) -> None:
+    """Best effort: an ``error`` line in the job's jsonl, so the GUI shows why RELION stopped."""
+    try:
+        path = Path(star)
+        if not path.parent.is_dir():
+            return
+        name = path.name
+        root = name[: -len("_external_reconstruct.star")] if name.endswith("_external_reconstruct.star") else path.stem
+        _append_record(path.parent, {"time": datetime.now(timezone.utc).isoformat(), "root": root,
+                                     "status": "error", "error": message})
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,12 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(argv[0])
     except InputError as exc:
-        print(f"credgui-reconstruct: error: {exc}", file=sys.stderr)
-        return 1
+        message = f"credgui-reconstruct: error: {exc}"
+    except MemoryError:
+        message = f"credgui-reconstruct: error: {argv[0]}: out of memory"
     except Exception as exc:  # never leave RELION running on garbage
-        print(f"credgui-reconstruct: error: {argv[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        message = f"credgui-reconstruct: error: {argv[0]}: {type(exc).__name__}: {first}"
+    else:
+        return 0
+    message = message.replace("\n", " ")
+    print(message, file=sys.stderr)
+    _log_failure(argv[0], message)
+    return 1
 
 
 if __name__ == "__main__":

@@ -159,3 +159,54 @@ def read_arrays(call: ExternalReconstructCall) -> tuple[np.ndarray, np.ndarray]:
     if (weight < 0).any():
         raise InputError(call.weight, "negative values in the weight array K")
     return data, weight
+
+
+_IT_RE = re.compile(r"_it(\d{3})_")
+
+
+def _latest(job_dir: Path, pattern: str) -> list[Path]:
+    """Files matching ``pattern`` in ``job_dir``, newest iteration first."""
+    files = list(job_dir.glob(pattern))
+    return sorted(files, key=lambda p: (int(m[1]) if (m := _IT_RE.search(p.name)) else -1, p.name), reverse=True)
+
+
+def _star_head(path: Path, stop_block: str) -> str:
+    """The text of a STAR file up to the data block ``stop_block`` (the particle table of a
+    data.star can be 100s of MB; the optics table is at its top)."""
+    lines: list[str] = []
+    with open(path) as fh:
+        for line in fh:
+            if line.strip() == f"data_{stop_block}":
+                break
+            lines.append(line)
+    return "".join(lines)
+
+
+def find_pixel_size(call: ExternalReconstructCall) -> tuple[float, Path] | None:
+    """(pixel size in A, the file it came from) for the run that made ``call``, or None.
+
+    RELION 3.1's hook STAR has no pixel size. Looked up in the job directory: the newest
+    ``*_model.star`` (``_rlnPixelSize`` of data_model_general; RELION writes the previous
+    iteration's before the M-step), else the newest ``*_data.star``'s optics table
+    (``_rlnImagePixelSize``, first optics group).
+    """
+    from credgui.relion.star import parse_star
+
+    job = call.job_dir
+    for path in _latest(job, "*_model.star"):
+        try:
+            general = read_star(path).get("model_general", {})
+            value = float(general["rlnPixelSize"][0])
+        except (InputError, KeyError, ValueError, IndexError, OSError):
+            continue
+        if value > 0:
+            return value, path
+    for path in _latest(job, "*_data.star"):
+        try:
+            optics = parse_star(_star_head(path, "particles"), path).get("optics", {})
+            value = float(optics["rlnImagePixelSize"][0])
+        except (InputError, KeyError, ValueError, IndexError, OSError):
+            continue
+        if value > 0:
+            return value, path
+    return None

@@ -1,0 +1,69 @@
+"""CW-RED's confidence weighting (Kimanius et al. 2021, section 4.3): lambda from the nominal
+resolution.
+
+lambda = 0 at nominal resolutions worse than ``low_res`` (the denoiser barely helps there and
+may invent features), ``lambda_max`` better than ``high_res``, linear in Angstrom between.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+FSC_THRESHOLD = 0.143
+DEFAULT_LOW_RES = 10.0  # A, paper section 4.3
+DEFAULT_HIGH_RES = 4.5  # A
+
+
+def nominal_resolution(
+    fsc: Sequence[float] | np.ndarray | None, pixel_size: float, ori_size: int,
+    threshold: float = FSC_THRESHOLD,
+) -> float | None:
+    """Resolution (A) where the half-map FSC first drops below ``threshold`` (0.143).
+
+    fsc: per unpadded shell 0..ori_size//2 (the STAR's ``_rlnGoldStandardFsc``). The crossing
+    is interpolated linearly in shell index between the last shell at or above the threshold
+    and the first below, then converted: resolution = ori_size * pixel_size / shell.
+    None when there is no usable FSC (absent, empty, already below at shell 0-1) or it never
+    drops below the threshold (no crossing to report; e.g. a full-box FSC of 1).
+    """
+    if fsc is None:
+        return None
+    f = np.asarray(fsc, dtype=np.float64)
+    if f.size < 3 or not np.isfinite(f).all():
+        return None
+    below = np.nonzero(f[1:] < threshold)[0]
+    if below.size == 0:
+        return None
+    i = int(below[0]) + 1  # first shell below, >= 1
+    if i == 1:
+        return None  # no signal even at the lowest frequency: no meaningful resolution
+    f0, f1 = f[i - 1], f[i]
+    shell = (i - 1) + (f0 - threshold) / (f0 - f1)
+    return float(ori_size * pixel_size / shell)
+
+
+def lambda_for_resolution(
+    resolution: float | None, low_res: float = DEFAULT_LOW_RES, high_res: float = DEFAULT_HIGH_RES,
+    lambda_max: float = 1.0,
+) -> float:
+    """lambda for a nominal resolution (A): 0 at ``low_res`` or worse, ``lambda_max`` at
+    ``high_res`` or better, linear in A between; 0 when the resolution is unknown (None/NaN)."""
+    if resolution is None or not math.isfinite(resolution) or resolution <= 0:
+        return 0.0
+    if not low_res > high_res:
+        raise ValueError(f"low_res ({low_res} A) must be worse (larger) than high_res ({high_res} A)")
+    t = (low_res - resolution) / (low_res - high_res)
+    return float(lambda_max * min(1.0, max(0.0, t)))
+
+
+def ramp_thresholds(
+    low_res: float | None, high_res: float | None, model_low: float | None = None,
+    model_high: float | None = None,
+) -> tuple[float, float]:
+    """The ramp ends to use: the configuration's, else the denoiser's own, else 10 / 4.5 A."""
+    low = low_res if low_res is not None else (model_low if model_low is not None else DEFAULT_LOW_RES)
+    high = high_res if high_res is not None else (model_high if model_high is not None else DEFAULT_HIGH_RES)
+    return float(low), float(high)

@@ -1,0 +1,124 @@
+"""The M-step updates: RELION's eq. (11) and CW-RED's eq. (17) (Kimanius et al. 2021).
+
+    eq. (11):  x = B / (K + tau^-2)
+    eq. (17):  x = (B + lambda F[f(x~)] tau^-2) / (K + tau^-2),   x~ = B / K
+
+All Fourier arrays: (P, P, P//2+1) rfft layout, origin [0,0,0], axes (z, y, x), P = round(pad *
+ori). Real-space maps: (ori, ori, ori), centred (origin at index ori//2), float32. tau^-2 is
+RELION's prior term 1 / (pad^3 fudge tau2[ROUND(|k| / pad)]) (``fourier.prior_weight``); the
+division is done by the same Pipe-Menon gridding as RELION's (``gridding.gridded_map``), so the
+denominator (K + tau^-2) is exactly RELION's and lambda = 0 reproduces RELION.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from credgui.recon import _fft
+from credgui.recon.fourier import max_radius2, rfft_radius2, unpadded_shell
+from credgui.recon.gridding import sinc2_correction, window_real
+from credgui.recon.resample import resample_fourier, resampled_box
+
+
+def unregularised_fourier(data: np.ndarray, weight: np.ndarray, current_size: int, padding: float) -> np.ndarray:
+    """x~ = B / K on the padded grid (eq. 17), complex64; zero outside RELION's max_r2.
+
+    K is floored at 1/1000 of its mean over the data region (as RELION's skip_gridding floor)
+    so empty voxels do not explode.
+    """
+    inside = rfft_radius2(data.shape[0]) < max_radius2(current_size, padding)
+    floor = 1e-3 * float(weight[inside].mean()) if inside.any() else 1.0
+    safe = np.maximum(weight, np.float32(max(floor, 1e-30)))
+    return np.where(inside, data / safe, 0).astype(np.complex64)
+
+
+def unregularised_map(data: np.ndarray, weight: np.ndarray, ori_size: int, current_size: int, padding: float) -> np.ndarray:
+    """x~ in real space: windowed, RELION-scaled and sinc^2-corrected like a reconstruction
+    (no soft edge, so ``padded_fourier_from_map`` can invert it)."""
+    return window_real(unregularised_fourier(data, weight, current_size, padding), ori_size, padding, soft_edge=False)
+
+
+def padded_fourier_from_map(vol: np.ndarray, padded_size: int, padding: float) -> np.ndarray:
+    """The inverse of ``window_real(..., soft_edge=False)`` for a map supported in the box:
+    redo the sinc^2 gridding correction, undo RELION's ori^2 scale, zero-pad to P, rfftn.
+
+    Why this exact inverse: F[f(x~)] must sit on the same grid and scale as B / K, so that
+    f = identity gives back x~ and eq. (17) mixes like with like.
+    """
+    ori = vol.shape[0]
+    real = np.asarray(vol, dtype=np.float32) * sinc2_correction(ori, padding) / np.float32(ori**2)
+    return _fft.rfftn_padded(real, padded_size)
+
+
+def denoiser_prior_weight(
+    shape: tuple[int, int, int], tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float
+) -> np.ndarray:
+    """tau^-2 for eq. (17)'s numerator: 1 / (pad^3 fudge tau2) where tau2 > 0 inside max_r2, else 0.
+
+    Unlike the denominator's prior (``fourier.prior_weight``), shells with tau2 = 0 get no
+    denoiser term: there RELION pulls to zero, and so does eq. (17) with tau^-2 -> the floor.
+    float32, (P, P, P//2+1).
+    """
+    n = shape[0]
+    r2 = rfft_radius2(n)
+    inside = r2 < max_radius2(current_size, padding)
+    tau2 = np.asarray(tau2, dtype=np.float64)
+    shells = np.minimum(unpadded_shell(r2, padding), len(tau2) - 1)
+    per_shell = np.zeros(len(tau2), dtype=np.float64)
+    positive = tau2 > 0
+    per_shell[positive] = 1.0 / (padding**3 * tau2_fudge * tau2[positive])
+    return np.where(inside, per_shell[shells], 0.0).astype(np.float32)
+
+
+def cwred_numerator(data: np.ndarray, denoiser_prior: np.ndarray, denoised_fourier: np.ndarray, lam: float) -> np.ndarray:
+    """Eq. (17)'s numerator B + lambda tau^-2 F[f(x~)] (complex64). lambda = 0 returns B itself."""
+    if lam == 0:
+        return data
+    return (data + np.float32(lam) * denoiser_prior * denoised_fourier).astype(np.complex64)
+
+
+def cwred_closed_form(
+    data: np.ndarray, weight: np.ndarray, prior: np.ndarray, denoiser_prior: np.ndarray,
+    denoised_fourier: np.ndarray, lam: float,
+) -> np.ndarray:
+    """Eq. (17) voxel by voxel without gridding: (B + lambda tau^-2 F) / (K + tau^-2).
+
+    For tests and reasoning (the hook divides through ``gridded_map`` instead). Zero where the
+    denominator is zero.
+    """
+    num = cwred_numerator(data, denoiser_prior, denoised_fourier, lam)
+    den = weight + prior
+    return np.where(den > 0, num / np.where(den > 0, den, 1), 0).astype(np.complex64)
+
+
+Denoise = Callable[[np.ndarray], np.ndarray]
+
+
+def denoise_map(vol: np.ndarray, denoiser: Denoise, pixel_size: float | None, voxel_size: float | None) -> np.ndarray:
+    """f(x~) at the map's own sampling (section 3.1): resample to the denoiser's voxel size
+    (Fourier crop/pad, even box), standardise (zero mean, unit std), denoise, undo both.
+
+    Standardised after resampling, on the grid the network sees, so its input has unit std
+    (coarser sampling low-passes and lowers the std). (N, N, N) float32 in and out.
+    """
+    n = vol.shape[0]
+    x = np.asarray(vol, dtype=np.float32)
+    box = n
+    if voxel_size and pixel_size and abs(voxel_size - pixel_size) > 1e-3 * pixel_size:
+        box = resampled_box(n, pixel_size, voxel_size)
+        x = resample_fourier(x, box)
+    mean = float(x.mean(dtype=np.float64))
+    std = float(x.std(dtype=np.float64))
+    if not np.isfinite(std) or std <= 0:
+        return np.full_like(np.asarray(vol, dtype=np.float32), mean)
+    y = np.asarray(denoiser((x - np.float32(mean)) / np.float32(std)), dtype=np.float32)
+    if y.shape != x.shape:
+        raise ValueError(f"the denoiser returned shape {y.shape} for input {x.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("the denoiser returned NaN or infinite values")
+    y = y * np.float32(std) + np.float32(mean)
+    if box != n:
+        y = resample_fourier(y, n)
+    return y.astype(np.float32)
