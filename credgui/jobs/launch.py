@@ -136,6 +136,9 @@ class RefineParams:
     mask: Path | None = None
     hook_config: HookConfig = field(default_factory=HookConfig)
     extra_args: tuple[str, ...] = ()
+    external_reconstruct: bool = True
+    """False: plain RELION (no ``--external_reconstruct``; the hook is never run), for
+    benchmarks comparing credgui's M-step with RELION's own."""
 
     def __post_init__(self) -> None:
         for name in ("particles_star", "initial_model", "job_dir", "solvent_mask", "ground_truth", "mask"):
@@ -287,7 +290,9 @@ def relion_command(params: RefineParams) -> list[str]:
     ]
     if p.auto_iter_max is not None:
         cmd += ["--auto_iter_max", str(p.auto_iter_max)]
-    cmd += ["--external_reconstruct", "--pipeline_control", f"{job}/"]
+    if p.external_reconstruct:
+        cmd.append("--external_reconstruct")
+    cmd += ["--pipeline_control", f"{job}/"]
     cmd += list(p.extra_args)
     return cmd
 
