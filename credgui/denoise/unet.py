@@ -65,8 +65,11 @@ _META_KEYS = ("voxel_size", "box", "lambda_low_res", "lambda_high_res", "descrip
 
 
 def default_weights_path() -> Path:
-    """``resources/models/cwred_unet.pt`` beside the ``credgui`` package (a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "resources" / "models" / "cwred_unet.pt"
+    """The shipped model ``models/cwred_unet.pt`` of ``credgui.resources`` (the checkout's
+    ``resources/`` or the installed ``credgui/_resources/``)."""
+    from credgui.resources import resource_path
+
+    return resource_path("models", "cwred_unet.pt")
 
 
 # --------------------------------------------------------------------------- network
