@@ -51,6 +51,18 @@ def _denoiser_options(config: HookConfig) -> dict[str, Any]:
     return options
 
 
+def _open_denoiser(call: ExternalReconstructCall, config: HookConfig) -> Any:
+    """The configured denoiser (warm worker if ``worker_socket`` answers, else in-process;
+    None for a plugin without a network). Opened after the arrays are read, so its loading
+    time (torch import, weights) shows in the ``denoise`` stage."""
+    from credgui.denoise.dispatch import open_denoiser
+
+    try:
+        return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=config.worker_socket)
+    except (ValueError, ImportError) as exc:
+        raise InputError(config_path(call.job_dir), f"denoiser {config.denoiser!r}: {exc}") from None
+
+
 def _pixel_size(call: ExternalReconstructCall, config: HookConfig, required: bool) -> float | None:
     """config.pixel_size, else the run's model/data STAR; an InputError if required and unknown."""
     if config.pixel_size:
@@ -73,15 +85,8 @@ def run(star: str | Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     call = read_call(star)
     config = load_config(call.job_dir)
-    denoiser = None
-    if config.denoiser != "none":
-        from credgui.denoise.dispatch import open_denoiser
-
-        try:
-            denoiser = open_denoiser(config.denoiser, _denoiser_options(config), socket_path=config.worker_socket)
-        except (ValueError, ImportError) as exc:
-            raise InputError(config_path(call.job_dir), f"denoiser {config.denoiser!r}: {exc}") from None
-    pixel_size = _pixel_size(call, config, required=denoiser is not None)
+    use_denoiser = config.denoiser != "none"
+    pixel_size = _pixel_size(call, config, required=use_denoiser)
     data, weight = read_arrays(call)
     t = time.perf_counter()
     timings["read"] = t - t0
@@ -98,6 +103,7 @@ def run(star: str | Path) -> dict[str, Any]:
     lam = 0.0
     low = high = None
     numerator = data
+    denoiser = _open_denoiser(call, config) if use_denoiser else None
     if denoiser is not None:
         info = denoiser.info
         low, high = ramp_thresholds(config.lambda_low_res, config.lambda_high_res,
