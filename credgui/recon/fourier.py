@@ -5,6 +5,8 @@ All grids here are rfft layout, origin at [0, 0, 0], axes (z, y, x), shape (n, n
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
@@ -16,10 +18,15 @@ def rfft_freqs(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return full[:, None, None], full[None, :, None], half[None, None, :]
 
 
+@lru_cache(maxsize=4)
 def rfft_radius2(n: int) -> np.ndarray:
-    """Squared integer radius |k|^2 of every voxel of an (n, n, n//2+1) rfft grid (int32)."""
+    """Squared integer radius |k|^2 of every voxel of an (n, n, n//2+1) rfft grid (int32).
+
+    Cached and read-only: one hook call needs it for the same grid four times."""
     kz, ky, kx = rfft_freqs(n)
-    return (kz * kz + ky * ky + kx * kx).astype(np.int32)
+    r2 = (kz * kz + ky * ky + kx * kx).astype(np.int32)
+    r2.flags.writeable = False
+    return r2
 
 
 def max_radius2(current_size: int, padding: float) -> int:
@@ -77,16 +84,29 @@ def prior_weight(
 
     RELION (BackProjector::reconstruct): 1 / (pad^3 * fudge * tau2[ROUND(|k|/pad)]) inside
     ``max_r2``; where tau2 is 0 there, 1 / (0.001 K) (a strong pull to zero); 0 outside.
+    Computed through a table over the integer |k|^2 (no full-size float64 temporaries).
     """
     n = weight.shape[0]
     r2 = rfft_radius2(n)
+    per_r2, empty_r2 = _prior_tables(np.asarray(tau2, dtype=np.float64), current_size, padding, tau2_fudge,
+                                     int(r2.max()))
+    prior = per_r2[r2]
+    empty = empty_r2[r2]
+    if empty.any():
+        sel = empty & (weight > 1e-20)
+        prior[sel] = 1.0 / (0.001 * weight[sel])
+    return prior
+
+
+def _prior_tables(
+    tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float, r2_max: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(prior per integer |k|^2 (float32), whether that |k|^2 is an empty tau2 shell inside)."""
+    r2 = np.arange(r2_max + 1)
     inside = r2 < max_radius2(current_size, padding)
-    shells = unpadded_shell(r2, padding)
-    shells = np.minimum(shells, len(tau2) - 1)
-    tau2_vox = np.asarray(tau2, dtype=np.float64)[shells]
-    prior = np.zeros(weight.shape, dtype=np.float64)
-    positive = inside & (tau2_vox > 0)
-    prior[positive] = 1.0 / (padding**3 * tau2_fudge * tau2_vox[positive])
-    empty = inside & (tau2_vox < 1e-20) & (weight > 1e-20)
-    prior[empty] = 1.0 / (0.001 * weight[empty])
-    return prior.astype(np.float32)
+    shells = np.minimum(unpadded_shell(r2, padding), len(tau2) - 1)
+    tau2_r = tau2[shells]
+    per = np.zeros(r2.shape, dtype=np.float64)
+    positive = inside & (tau2_r > 0)
+    per[positive] = 1.0 / (padding**3 * tau2_fudge * tau2_r[positive])
+    return per.astype(np.float32), inside & (tau2_r < 1e-20)

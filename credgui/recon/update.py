@@ -61,15 +61,14 @@ def denoiser_prior_weight(
     denoiser term: there RELION pulls to zero, and so does eq. (17) with tau^-2 -> the floor.
     float32, (P, P, P//2+1).
     """
-    n = shape[0]
-    r2 = rfft_radius2(n)
-    inside = r2 < max_radius2(current_size, padding)
+    r2 = rfft_radius2(shape[0])
+    r = np.arange(int(r2.max()) + 1)
     tau2 = np.asarray(tau2, dtype=np.float64)
-    shells = np.minimum(unpadded_shell(r2, padding), len(tau2) - 1)
-    per_shell = np.zeros(len(tau2), dtype=np.float64)
-    positive = tau2 > 0
-    per_shell[positive] = 1.0 / (padding**3 * tau2_fudge * tau2[positive])
-    return np.where(inside, per_shell[shells], 0.0).astype(np.float32)
+    shells = np.minimum(unpadded_shell(r, padding), len(tau2) - 1)
+    per_r2 = np.zeros(r.shape, dtype=np.float64)
+    ok = (r < max_radius2(current_size, padding)) & (tau2[shells] > 0)
+    per_r2[ok] = 1.0 / (padding**3 * tau2_fudge * tau2[shells][ok])
+    return per_r2.astype(np.float32)[r2]
 
 
 def cwred_numerator(data: np.ndarray, denoiser_prior: np.ndarray, denoised_fourier: np.ndarray, lam: float) -> np.ndarray:
