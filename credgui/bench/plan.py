@@ -42,10 +42,14 @@ from credgui.errors import InputError
 
 __all__ = ["VARIANTS", "Structure", "DatasetSpec", "RunSpec", "Plan", "load_plan", "parse_plan", "resolve_model"]
 
-VARIANTS = ("relion", "none", "red", "cwred")
+VARIANTS = ("relion", "none", "red", "cwred", "relion_ext")
 """relion: relion_refine without --external_reconstruct; none: credgui's hook with RELION's
 Gaussian prior (must give relion's maps); red: lambda = lambda_max at every iteration with a
-nominal resolution; cwred: the default confidence-weighted ramp."""
+nominal resolution; cwred: the default confidence-weighted ramp. relion_ext (diagnostic, not in
+the default list): --external_reconstruct with RELION's own relion_external_reconstruct as the
+hook, to tell a difference of RELION's external path from one of credgui's hook."""
+DEFAULT_VARIANTS = ("relion", "none", "red", "cwred")
+RELION_EXTERNAL = "relion_external_reconstruct"
 
 RED_LOW_RES = 1000.0
 RED_HIGH_RES = 999.0
@@ -99,6 +103,8 @@ class RunSpec:
     variant: str
     hook_config: HookConfig
     external_reconstruct: bool
+    hook: str | None = None
+    """the external-reconstruct command (None: credgui-reconstruct)"""
 
     @property
     def run_id(self) -> str:
@@ -136,7 +142,8 @@ class Plan:
         out = []
         for ds in self.datasets():
             for v in self.variants:
-                out.append(RunSpec(ds, v, variant_config(v, den, w), v != "relion"))
+                out.append(RunSpec(ds, v, variant_config(v, den, w), v != "relion",
+                                   RELION_EXTERNAL if v == "relion_ext" else None))
         return out
 
     def settings_key(self, run: RunSpec) -> str:
@@ -156,7 +163,7 @@ class Plan:
 
 def variant_config(variant: str, denoiser: str, weights: str | None) -> HookConfig:
     """The hook's settings for a variant (written to JOB/credgui.toml)."""
-    if variant in ("relion", "none"):
+    if variant in ("relion", "none", "relion_ext"):
         return HookConfig(denoiser="none", keep_inputs=False)
     if variant == "red":
         return HookConfig(denoiser=denoiser, weights=weights, lambda_low_res=RED_LOW_RES,
@@ -258,7 +265,7 @@ def parse_plan(text: str, path: Path) -> Plan:
     snrs = tuple(_num(path, "snrs", s, 1e-5, 100.0) for s in snrs)
     if len(set(snrs)) != len(snrs):
         raise InputError(path, "snrs holds a value twice")
-    variants = tuple(raw.get("variants", VARIANTS))
+    variants = tuple(raw.get("variants", DEFAULT_VARIANTS))
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants or len(set(variants)) != len(variants):
         raise InputError(path, f"variants must be distinct names from {', '.join(VARIANTS)}, got {list(variants)}")

@@ -17,8 +17,8 @@ from credgui.errors import InputError
 
 __all__ = ["load_results", "compare_relion_none", "markdown_table", "write_report", "COLORS"]
 
-COLORS = {"relion": "black", "none": "tab:gray", "red": "tab:purple", "cwred": "tab:red"}
-VARIANT_ORDER = ("relion", "none", "red", "cwred")
+COLORS = {"relion": "black", "none": "tab:gray", "red": "tab:purple", "cwred": "tab:red", "relion_ext": "tab:green"}
+VARIANT_ORDER = ("relion", "none", "red", "cwred", "relion_ext")
 REPORT_DIR = "report"
 
 
@@ -79,7 +79,7 @@ def _f(v: Any, nd: int = 2) -> str:
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
     head = ("| structure | SNR | variant | status | iter | wall (min) | reported (A) | truth 0.5 (A) | truth 0.143 (A) "
-            "| overest. (A) | overest. (shells) | masked half-map 0.143 (A) | ang. err. median / mean / p90 (deg) |")
+            "| overest. (A) | overest. (shells) | ang. err. median / mean / p90 (deg) |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in records:
         ok = r.get("status") == "finished"
@@ -87,10 +87,9 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([
             r["structure"], f"{float(r['snr']):g}", r["variant"],
             "ok" if ok else f"failed: {str(r.get('error', ''))[:80]}",
-            _f(r.get("iterations"), 0) if ok else "–", _f((r.get("wall_s") or 0) / 60, 1) if r.get("wall_s") else "–",
+            (_f(r.get("iterations"), 0) + ("" if r.get("converged", True) else "*")) if ok else "–", _f((r.get("wall_s") or 0) / 60, 1) if r.get("wall_s") else "–",
             _f(r.get("reported_angst")), _f(r.get("fsc_truth_05_angst")), _f(r.get("fsc_truth_0143_angst")),
             _f(r.get("overestimation_angst")), _f(r.get("overestimation_shells"), 1),
-            _f(r.get("halfmap_masked_0143_angst")),
             f"{_f(ae.get('median_deg'))} / {_f(ae.get('mean_deg'))} / {_f(ae.get('p90_deg'))}" if ae else "–",
         ]) + " |")
     return "\n".join(lines) + "\n"
@@ -239,7 +238,8 @@ def write_report(out_dir: str | Path, *, figures: bool = True) -> dict[str, Any]
         md += ["Denoiser used by red/cwred: " + ", ".join(f"{v}: `{d}`" for v, d in denoisers), ""]
     md += ["Resolutions in A. *reported*: RELION's final half-map FSC 0.143 (unmasked); *truth 0.5/0.143*: FSC of the "
            "final map with the ground truth inside the soft solvent mask; *overest.*: truth 0.5 minus reported "
-           "(positive = RELION claims too much), in A and in Fourier shells.", "", markdown_table(records)]
+           "(positive = RELION claims too much), in A and in Fourier shells. *iter* marked * = stopped by "
+           "auto_iter_max (not converged: the last iteration's half maps averaged stand in for the final map).", "", markdown_table(records)]
     if cmps:
         md += ["", "## relion (no hook) vs none (credgui's hook, Gaussian prior): final maps", "", _comparison_table(cmps)]
     if problems:
