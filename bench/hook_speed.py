@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from credgui.relion.mrc import write_mrc_atomic  # noqa: E402
-from credgui.relion.star import format_star  # noqa: E402
+from credgui.relion.mrc import write_mrc_atomic
+from credgui.relion.star import format_star
 
 # tiny RELION run (box 40, pad 2, it003 half1): tau2 and FSC per shell 0..20, current size 30
 _TINY_TAU2 = [0.024776, 0.135742, 0.123208, 0.068570, 4.252737e-04, 3.598504e-05, 1.229945e-05,
@@ -50,20 +50,19 @@ def make_inputs(directory: Path, box: int, pad: float = 2.0, seed: int = 0) -> P
 
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
-    p = int(round(pad * box))
-    current = 2 * int(round(_TINY_CURRENT_FRACTION * box / 2))
+    p = round(pad * box)
+    current = 2 * round(_TINY_CURRENT_FRACTION * box / 2)
     # map of blobs in the centred box, zero-padded (origin at [0,0,0] after ifftshift)
     c = np.arange(box) - box // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
     vol = np.zeros((box, box, box), np.float32)
-    for _ in range(40):
-        centre = rng.uniform(-box / 5, box / 5, 3)
-        vol += np.exp(-((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) / (2 * (box / 40) ** 2))
-    padded = np.zeros((p, p, p), np.float32)
-    sel = (np.arange(box) - box // 2) % p
-    padded[np.ix_(sel, sel, sel)] = vol
-    xf = np.fft.rfftn(padded).astype(np.complex64) / box**2
-    del padded
+    s2 = 2 * (box / 40) ** 2
+    for _ in range(40):  # separable Gaussians: cheap at box 256
+        z0, y0, x0 = rng.uniform(-box / 5, box / 5, 3)
+        gz, gy, gx = (np.exp(-((c - v) ** 2) / s2).astype(np.float32) for v in (z0, y0, x0))
+        vol += gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
+    from credgui.recon._fft import rfftn_padded
+
+    xf = rfftn_padded(vol, p) / np.float32(box**2)
     r2 = rfft_radius2(p)
     inside = r2 < max_radius2(current, pad)
     rel = np.sqrt(r2.astype(np.float32)) / p  # cycles per padded voxel, 0..~0.87
@@ -111,7 +110,7 @@ def make_inputs(directory: Path, box: int, pad: float = 2.0, seed: int = 0) -> P
 def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
     """Wall time (s) and peak RSS (MiB) of one run of ``cmd`` (under /usr/bin/time -v)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
@@ -133,9 +132,9 @@ def bench_box(box: int, repeats: int, work: Path, unet: bool) -> dict:
     hook = shutil.which("credgui-reconstruct", path=str(Path(sys.executable).parent)) or "credgui-reconstruct"
     text = star.read_text()
     relion_star = d / "relion_external_reconstruct.star"
-    relion_star.write_text(text.replace(f"_external_reconstruct.mrc", "_relion.mrc")
+    relion_star.write_text(text.replace("_external_reconstruct.mrc", "_relion.mrc")
                            .replace("run_it003_half1_class001_external_reconstruct.mrc", "relion_result.mrc"))
-    out: dict = {"box": box, "padded": int(round(2 * box)), "current_size": None}
+    out: dict = {"box": box, "padded": 2 * box, "current_size": None}
     from credgui.relion.protocol import read_call
 
     call = read_call(star)
@@ -157,21 +156,61 @@ def bench_box(box: int, repeats: int, work: Path, unet: bool) -> dict:
     out["extra_wall_s"] = out["credgui_none"]["wall_s_median"] - out["relion"]["wall_s_median"]
     out["ratio_rss"] = out["credgui_none"]["peak_rss_mib"] / out["relion"]["peak_rss_mib"]
     if unet:
-        weights = work / "unet_random.pt"
-        if not weights.exists():
-            subprocess.run([sys.executable, "-c", (
-                "import sys; from credgui.denoise.unet import UNet3D, save_model;"
-                "save_model(sys.argv[1], UNet3D(), {'voxel_size': 1.5})"), str(weights)], check=True)
-        (d / "credgui.toml").write_text(
-            f'denoiser = "unet"\npixel_size = 1.5\nlambda_max = 1.0\nlambda_low_res = 1000.0\n'
-            f'lambda_high_res = 999.0\nweights = "{weights}"\n')
-        runs = [timed([hook, str(star)], d, env) for _ in range(max(1, repeats - 1))]
-        out["credgui_unet"] = summarise(runs)
-        rec = json.loads((d / "credgui_hook.jsonl").read_text().splitlines()[-1])
-        out["credgui_unet"]["stages_last"] = rec["timings"]
-        out["credgui_unet"]["lambda"] = rec["lambda"]
-        out["credgui_unet"]["worker"] = rec["worker"]
+        out.update(_bench_unet(d, star, hook, env, work, repeats, out["credgui_none"]["wall_s_median"]))
     return out
+
+
+def _bench_unet(d: Path, star: Path, hook: str, env: dict[str, str], work: Path, repeats: int,
+                wall_none: float) -> dict:
+    """The U-Net (random weights, 1.5 A/voxel) at lambda = 1: in-process once (pays torch import
+    and model load), then through a warm worker; plus the network's own inference time."""
+    from credgui.denoise.worker import start_worker, stop_worker
+
+    weights = work / "unet_random.pt"
+    if not weights.exists():
+        subprocess.run([sys.executable, "-c", (
+            "import sys; from credgui.denoise.unet import UNet3D, save_model;"
+            "save_model(sys.argv[1], UNet3D(), {'voxel_size': 1.5})"), str(weights)], check=True)
+    base = (f'denoiser = "unet"\npixel_size = 1.5\nlambda_max = 1.0\nlambda_low_res = 1000.0\n'
+            f'lambda_high_res = 999.0\nweights = "{weights}"\ndevice = "cpu"\n')
+    res: dict = {}
+    (d / "credgui.toml").write_text(base)
+    run = timed([hook, str(star)], d, env)
+    rec = json.loads((d / "credgui_hook.jsonl").read_text().splitlines()[-1])
+    res["credgui_unet_inprocess"] = {**run, "stages": rec["timings"], "lambda": rec["lambda"], "worker": rec["worker"]}
+    sock = work / "worker.sock"
+    start_worker(sock, idle_timeout_s=600, device="cpu", wait_s=120)
+    try:
+        (d / "credgui.toml").write_text(base + f'worker_socket = "{sock}"\n')
+        timed([hook, str(star)], d, env)  # the worker loads the model once
+        runs = [timed([hook, str(star)], d, env) for _ in range(repeats)]
+        rec = json.loads((d / "credgui_hook.jsonl").read_text().splitlines()[-1])
+    finally:
+        stop_worker(sock)
+    res["credgui_unet_worker"] = {**summarise(runs), "stages_last": rec["timings"], "lambda": rec["lambda"],
+                                  "worker": rec["worker"]}
+    # the network's own inference time on this box, in this process (model already loaded)
+    import time as _t
+
+    from credgui.denoise.unet import load_unet_denoiser
+
+    den = load_unet_denoiser(weights, device="cpu")
+    vol = np.random.default_rng(0).standard_normal((d_box := _box_of(star),) * 3).astype(np.float32)
+    den(vol)
+    t0 = _t.perf_counter()
+    den(vol)
+    net = _t.perf_counter() - t0
+    res["unet_inference_s"] = net
+    # what the denoiser adds beyond its own inference: worker-served call - lambda-0 call - network
+    res["unet_overhead_s"] = res["credgui_unet_worker"]["wall_s_median"] - wall_none - net
+    res["unet_box"] = d_box
+    return res
+
+
+def _box_of(star: Path) -> int:
+    from credgui.relion.protocol import read_call
+
+    return read_call(star).ori_size
 
 
 def main() -> None:
@@ -179,6 +218,7 @@ def main() -> None:
     ap.add_argument("--boxes", type=int, nargs="+", default=[64, 96, 256])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--unet", choices=("auto", "yes", "no"), default="auto")
+    ap.add_argument("--merge", action="store_true", help="keep results of other boxes already in --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hook_speed.json")
     args = ap.parse_args()
     unet = args.unet == "yes" or (args.unet == "auto" and _has_torch())
@@ -189,7 +229,11 @@ def main() -> None:
             results.append(res)
             print(json.dumps({k: v for k, v in res.items()}, default=float))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"host": platform.node(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
+    if args.merge and args.out.exists():  # keep earlier results for boxes not run now
+        done = {r["box"] for r in results}
+        results = [r for r in json.loads(args.out.read_text())["results"] if r["box"] not in done] + results
+        results.sort(key=lambda r: r["box"])
+    report = {"load_average_at_end": os.getloadavg(), "host": platform.node(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
               "numpy": np.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}
     args.out.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")

@@ -26,17 +26,25 @@ from credgui.config import HookConfig, config_path, load_config
 from credgui.errors import InputError
 from credgui.recon.fourier import prior_weight
 from credgui.recon.gridding import gridded_map, window_real
-from credgui.recon.schedule import lambda_for_resolution, nominal_resolution, ramp_thresholds
+from credgui.recon.schedule import (
+    lambda_for_resolution,
+    nominal_resolution,
+    ramp_thresholds,
+)
 from credgui.recon.update import (
     cwred_numerator,
     denoise_map,
     denoiser_prior_weight,
     padded_fourier_from_map,
     unregularised_fourier,
-    unregularised_map,  # noqa: F401  (re-exported: the GUI and tests use it from here)
 )
 from credgui.relion.mrc import write_mrc_atomic
-from credgui.relion.protocol import ExternalReconstructCall, find_pixel_size, read_arrays, read_call
+from credgui.relion.protocol import (
+    ExternalReconstructCall,
+    find_pixel_size,
+    read_arrays,
+    read_call,
+)
 
 JSONL_NAME = "credgui_hook.jsonl"
 
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         message = f"credgui-reconstruct: error: {exc}"
     except MemoryError:
         message = f"credgui-reconstruct: error: {argv[0]}: out of memory"
-    except Exception as exc:  # never leave RELION running on garbage
+    except Exception as exc:  # noqa: BLE001  (never leave RELION running on garbage)
         first = str(exc).splitlines()[0] if str(exc) else ""
         message = f"credgui-reconstruct: error: {argv[0]}: {type(exc).__name__}: {first}"
     else:

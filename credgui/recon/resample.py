@@ -16,7 +16,7 @@ def resampled_box(box: int, pixel_size: float, voxel_size: float) -> int:
     """Even box that covers ``box * pixel_size`` A at ``voxel_size`` A/voxel (nearest even)."""
     if pixel_size <= 0 or voxel_size <= 0:
         raise ValueError(f"pixel sizes must be > 0, got {pixel_size} and {voxel_size}")
-    return max(2, 2 * int(round(box * pixel_size / voxel_size / 2.0)))
+    return max(2, 2 * round(box * pixel_size / voxel_size / 2.0))
 
 
 def resample_fourier(vol: np.ndarray, new_box: int) -> np.ndarray:

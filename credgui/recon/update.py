@@ -12,7 +12,7 @@ denominator (K + tau^-2) is exactly RELION's and lambda = 0 reproduces RELION.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

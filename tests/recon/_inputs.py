@@ -31,7 +31,7 @@ def make_arrays(box: int = 24, pad: float = 2.0, current: int | None = None, see
     """B, K (rfft layout, (P, P, P//2+1)), tau2 and FSC per shell, of a blob map seen with noise."""
     rng = np.random.default_rng(seed)
     current = current or box
-    p = int(round(pad * box))
+    p = round(pad * box)
     vol = blob_map(box, sigma=box / 16, seed=seed)
     padded = np.zeros((p, p, p), np.float32)
     sel = (np.arange(box) - box // 2) % p

@@ -29,7 +29,7 @@ ARRAY_KEYS = ("rlnExtReconsDataReal", "rlnExtReconsDataImag", "rlnExtReconsWeigh
 def _run_hook(star: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CREDGUI_CONFIG"}
     env["CREDGUI_PLUGIN_PATH"] = str(PLUGINS)
-    return subprocess.run([hook_executable(), str(star)], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([hook_executable(), str(star)], cwd=cwd, env=env, capture_output=True, text=True, check=False,
                           timeout=120)
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from credgui.recon.schedule import lambda_for_resolution, nominal_resolution, ramp_thresholds
+from credgui.recon.schedule import (
+    lambda_for_resolution,
+    nominal_resolution,
+    ramp_thresholds,
+)
 
 
 def test_crossing_is_interpolated_between_shells():
