@@ -102,13 +102,20 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(
             Path(args.model), "no validation maps: give --sets and/or --library"
         )
-    curve, per_map = evaluate_sets(den, sets, sources=sources)
+    from credgui.denoise.unet import read_model_file
+
+    extra = (
+        (read_model_file(args.model).get("training") or {}).get("config") or {}
+    ).get("extra") or {}
+    train_range = extra.get("resolution_range")
+    max_low = float(max(train_range)) if train_range else None
+    curve, details = evaluate_sets(den, sets, sources=sources, max_low=max_low)
     prefix = Path(args.out) if args.out else Path(args.model).with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path = prefix.with_name(prefix.name + ".eval.json")
     png_path = prefix.with_name(prefix.name + ".eval.png")
     write_json_atomic(
-        json_path, {"model": str(args.model), **curve.to_dict(), "per_map": per_map}
+        json_path, {"model": str(args.model), **curve.to_dict(), **details}
     )
     has_png = plot_curve(
         png_path, curve, f"{Path(args.model).name}: validation, {curve.n_maps} maps"

@@ -93,35 +93,43 @@ def bin_ratios(
 
 
 def propose_thresholds(
-    bins: Sequence[CurveBin], drop: float = 0.95, plateau: float = 0.1
+    bins: Sequence[CurveBin],
+    drop: float = 0.95,
+    plateau: float = 0.1,
+    max_low: float | None = None,
 ) -> tuple[float | None, float | None]:
     """(lambda_low_res, lambda_high_res) in A from a curve (see the module docstring).
 
-    None, None when the L2 ratio never drops below ``drop``. Each threshold is the coarse edge of
-    its bin (the curve holds from there on, finer); high < low is enforced.
+    Scanning from coarse to fine: ``lambda_low_res`` is the mean resolution of the first bin
+    whose L2 ratio is below ``drop`` and stays below it in the next finer bin (one noisy bin
+    does not decide); ``lambda_high_res`` the first bin, finer than that, whose ratio is within
+    ``plateau`` of the total improvement of the best bin finer than it. None, None when the ratio
+    never drops clearly. ``max_low``: clip lambda_low_res to it (the coarsest resolution the
+    network was trained for: beyond it the curve is extrapolation). high < low is enforced.
     """
-    fine_to_coarse = sorted(bins, key=lambda b: b.resolution)
-    ratios = [b.l2_ratio for b in fine_to_coarse]
-    low_idx = None
-    for i in range(len(ratios)):
-        if all(r < drop for r in ratios[: i + 1]):
-            low_idx = i
+    coarse_to_fine = sorted(bins, key=lambda b: -b.resolution)
+    ratios = [b.l2_ratio for b in coarse_to_fine]
+    n = len(ratios)
+    low_idx = next(
+        (
+            i
+            for i in range(n)
+            if ratios[i] < drop and (i + 1 == n or ratios[i + 1] < drop)
+        ),
+        None,
+    )
     if low_idx is None:
         return None, None
-    best = min(ratios[: low_idx + 1])
+    low = coarse_to_fine[low_idx].resolution
+    if max_low is not None and low > max_low:
+        low = float(max_low)
+    best = min(ratios[low_idx:])
     limit = best + plateau * (1.0 - best)
-    high_idx = 0
-    for i in range(low_idx + 1):
-        if all(r <= limit for r in ratios[: i + 1]):
-            high_idx = i
-    low = fine_to_coarse[low_idx].hi
-    high = fine_to_coarse[high_idx].hi
+    high_idx = next(i for i in range(low_idx, n) if ratios[i] <= limit)
+    high = coarse_to_fine[high_idx].resolution
     if high >= low:
-        high = (
-            fine_to_coarse[high_idx].lo
-            if fine_to_coarse[high_idx].lo < low
-            else 0.75 * low
-        )
+        finer = [b.resolution for b in coarse_to_fine[high_idx:] if b.resolution < low]
+        high = finer[0] if finer else 0.75 * low
     return float(low), float(high)
 
 
@@ -130,26 +138,43 @@ def evaluate_sets(
     sets: Sequence,
     edges: Sequence[float] = DEFAULT_EDGES,
     sources: Sequence[str] = (),
+    max_low: float | None = None,
 ) -> tuple[ConfidenceCurve, dict]:
-    """Run ``denoiser`` (a callable on a 3-D map) on every map of the harvested/Gaussian sets;
-    returns the curve and the per-map numbers (JSON-able)."""
+    """Run ``denoiser`` (a callable on a 3-D map) on every map of the harvested/Gaussian sets.
+
+    Returns the curve of all maps together (its thresholds: see ``propose_thresholds``) and a
+    JSON-able dict: per-map numbers and, per set, its own binned curve (``by_set``), so that
+    Gaussian pairs and RELION intermediates can be told apart.
+    """
     t0 = time.perf_counter()
-    res, l1s, l2s = [], [], []
-    for s in sets:
+    res, l1s, l2s, which = [], [], [], []
+    for k, s in enumerate(sets):
         for i in range(len(s)):
             x, y = s.inputs[i], s.targets[i]
             l1, l2 = map_ratios(denoiser(x), x, y)
             res.append(float(s.resolution[i]))
             l1s.append(l1)
             l2s.append(l2)
-    r, a, b = np.array(res), np.array(l1s), np.array(l2s)
+            which.append(k)
+    r, a, b, w = np.array(res), np.array(l1s), np.array(l2s), np.array(which)
     finite = np.isfinite(r)
     bins = bin_ratios(r[finite], a[finite], b[finite], edges)
-    low, high = propose_thresholds(bins)
+    low, high = propose_thresholds(bins, max_low=max_low)
     curve = ConfidenceCurve(
         tuple(bins), low, high, len(res), time.perf_counter() - t0, tuple(sources)
     )
-    return curve, {"resolution": res, "l1_ratio": l1s, "l2_ratio": l2s}
+    by_set = []
+    for k in range(len(sets)):
+        sel = finite & (w == k)
+        by_set.append(
+            {
+                "source": sources[k] if k < len(sources) else str(k),
+                "n_maps": int(sel.sum()),
+                "bins": [asdict(x) for x in bin_ratios(r[sel], a[sel], b[sel], edges)],
+            }
+        )
+    per_map = {"resolution": res, "l1_ratio": l1s, "l2_ratio": l2s, "set": which}
+    return curve, {"per_map": per_map, "by_set": by_set}
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

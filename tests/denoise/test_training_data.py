@@ -156,8 +156,18 @@ def test_thresholds_follow_the_curve():
         b(11, 0.93),
         b(17, 0.99),
     ]
-    low, high = propose_thresholds(bins)
-    assert low == pytest.approx(11 * 1.1) and high == pytest.approx(5.5 * 1.1)
+    assert propose_thresholds(bins) == (11, 5.5)
+    assert propose_thresholds(bins, max_low=9.0) == (9.0, 5.5)
+    # one noisy coarse bin below the limit does not decide; a bad finest bin does not erase it
+    noisy = [
+        b(3.2, 1.02),
+        b(4.2, 0.5),
+        b(5.5, 0.5),
+        b(7.5, 0.8),
+        b(11, 1.0),
+        b(14, 0.9),
+    ]
+    assert propose_thresholds(noisy) == (7.5, 5.5)
     assert propose_thresholds([b(5, 1.0), b(10, 1.02)]) == (None, None)
 
 
@@ -180,6 +190,9 @@ def test_evaluate_denoiser_cli_writes_curve_and_stores_thresholds(tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "m.eval.json").read_text())
     assert report["n_maps"] == 6 and len(report["bins"]) == 3
+    assert (
+        report["by_set"][0]["n_maps"] == 6 and len(report["per_map"]["l2_ratio"]) == 6
+    )
     assert all(bin_["l2_ratio"] > 0 for bin_ in report["bins"])
     den = load_unet_denoiser(weights, "cpu")
     assert den.info.lambda_low_res == report["lambda_low_res"]
