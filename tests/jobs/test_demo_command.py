@@ -108,6 +108,8 @@ def test_demo_refines_to_a_final_map_and_writes_a_summary(tiny_demo, capsys):
     assert summary["fsc_truth_0143_angst"] <= summary["fsc_truth_05_angst"]
     assert summary["final_map"] == str(job / "run_class001.mrc")
     assert summary["iterations"] >= 2 and summary["denoiser"] == "none"
+    assert summary["angular_error_median_deg"] < 90  # random orientations: about 126
+    assert "--firstiter_cc" in summary["relion_command"]
     # one progress line per iteration, then the summary
     assert "it 001" in out and "final" in out and "FSC against the ground truth" in out
     assert str(job / "run_class001.mrc") in out
