@@ -23,8 +23,8 @@ def rfft_radius2(n: int) -> np.ndarray:
     """Squared integer radius |k|^2 of every voxel of an (n, n, n//2+1) rfft grid (int32).
 
     Cached and read-only: one hook call needs it for the same grid four times."""
-    kz, ky, kx = rfft_freqs(n)
-    r2 = (kz * kz + ky * ky + kx * kx).astype(np.int32)
+    kz, ky, kx = (k.astype(np.int32) for k in rfft_freqs(n))  # 3 (n/2)^2 fits: no int64 temporaries
+    r2 = kz * kz + ky * ky + kx * kx
     r2.flags.writeable = False
     return r2
 

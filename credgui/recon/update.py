@@ -29,9 +29,10 @@ def unregularised_fourier(data: np.ndarray, weight: np.ndarray, current_size: in
     so empty voxels do not explode.
     """
     inside = rfft_radius2(data.shape[0]) < max_radius2(current_size, padding)
-    floor = 1e-3 * float(weight[inside].mean()) if inside.any() else 1.0
-    safe = np.maximum(weight, np.float32(max(floor, 1e-30)))
-    return np.where(inside, data / safe, 0).astype(np.complex64)
+    floor = 1e-3 * float(weight.mean(where=inside, dtype=np.float64)) if inside.any() else 1.0
+    out = np.divide(data, np.maximum(weight, np.float32(max(floor, 1e-30))), dtype=np.complex64)
+    out[~inside] = 0
+    return out
 
 
 def unregularised_map(data: np.ndarray, weight: np.ndarray, ori_size: int, current_size: int, padding: float) -> np.ndarray:
