@@ -50,11 +50,15 @@ def lambda_for_resolution(
     lambda_max: float = 1.0,
 ) -> float:
     """lambda for a nominal resolution (A): 0 at ``low_res`` or worse, ``lambda_max`` at
-    ``high_res`` or better, linear in A between; 0 when the resolution is unknown (None/NaN)."""
+    ``high_res`` or better, linear in A between; 0 when the resolution is unknown (None/NaN).
+
+    ``low_res <= high_res`` (a degenerate ramp, e.g. while the GUI's spin boxes are being
+    edited; the configuration itself refuses it) is a step at ``high_res``, not an error.
+    """
     if resolution is None or not math.isfinite(resolution) or resolution <= 0:
         return 0.0
     if not low_res > high_res:
-        raise ValueError(f"low_res ({low_res} A) must be worse (larger) than high_res ({high_res} A)")
+        return float(lambda_max) if resolution <= high_res else 0.0
     t = (low_res - resolution) / (low_res - high_res)
     return float(lambda_max * min(1.0, max(0.0, t)))
 

@@ -46,8 +46,10 @@ def test_ramp_ends_linear_middle_and_clipping():
     assert lambda_for_resolution(8.0, 12.0, 4.0, 0.5) == pytest.approx(0.25)
     assert lambda_for_resolution(None) == 0.0
     assert lambda_for_resolution(float("nan")) == 0.0
-    with pytest.raises(ValueError):
-        lambda_for_resolution(5.0, 4.0, 6.0, 1.0)
+    # a degenerate ramp (ends equal or swapped) is a step at high_res, never an exception
+    assert lambda_for_resolution(5.0, 5.0, 5.0, 0.7) == pytest.approx(0.7)
+    assert lambda_for_resolution(5.1, 5.0, 5.0, 0.7) == 0.0
+    assert lambda_for_resolution(7.0, 4.0, 6.0, 1.0) == 0.0
 
 
 def test_ramp_is_monotone_over_resolutions():
