@@ -125,14 +125,15 @@ def run(star: str | Path) -> dict[str, Any]:
         t = time.perf_counter()
         if lam > 0:
             fx = padded_fourier_from_map(denoised, call.padded_size, pad)
-            tau_inv = denoiser_prior_weight(data.shape, call.tau2, call.current_size, pad, call.tau2_fudge)
+            tau_inv = denoiser_prior_weight(data.shape, call.tau2, call.current_size, pad, call.tau2_fudge,
+                                            config.minres_map)
             numerator = cwred_numerator(data, tau_inv, fx, lam)
             del fx, tau_inv
         timings["update"] = time.perf_counter() - t
         t = time.perf_counter()
     del unreg
 
-    prior = prior_weight(weight, call.tau2, call.current_size, pad, call.tau2_fudge)
+    prior = prior_weight(weight, call.tau2, call.current_size, pad, call.tau2_fudge, config.minres_map)
     weight += prior
     del prior
     vol = gridded_map(numerator, weight, n, call.current_size, pad)

@@ -78,9 +78,12 @@ def shell_mean_weight(weight: np.ndarray, current_size: int, padding: float) -> 
 
 
 def prior_weight(
-    weight: np.ndarray, tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float
+    weight: np.ndarray, tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float,
+    minres_map: int = 0,
 ) -> np.ndarray:
     """The Gaussian-prior term 1/tau2 that eq. (11) adds to K, per padded voxel (float32).
+
+    Shells below ``minres_map`` get none (relion_refine's internal M-step; see HookConfig).
 
     RELION (BackProjector::reconstruct): 1 / (pad^3 * fudge * tau2[ROUND(|k|/pad)]) inside
     ``max_r2``; where tau2 is 0 there, 1 / (0.001 K) (a strong pull to zero); 0 outside.
@@ -89,7 +92,7 @@ def prior_weight(
     n = weight.shape[0]
     r2 = rfft_radius2(n)
     per_r2, empty_r2 = _prior_tables(np.asarray(tau2, dtype=np.float64), current_size, padding, tau2_fudge,
-                                     int(r2.max()))
+                                     int(r2.max()), minres_map)
     prior = per_r2[r2]
     empty = empty_r2[r2]
     if empty.any():
@@ -99,12 +102,13 @@ def prior_weight(
 
 
 def _prior_tables(
-    tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float, r2_max: int
+    tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float, r2_max: int,
+    minres_map: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(prior per integer |k|^2 (float32), whether that |k|^2 is an empty tau2 shell inside)."""
     r2 = np.arange(r2_max + 1)
-    inside = r2 < max_radius2(current_size, padding)
     shells = np.minimum(unpadded_shell(r2, padding), len(tau2) - 1)
+    inside = (r2 < max_radius2(current_size, padding)) & (unpadded_shell(r2, padding) >= minres_map)
     tau2_r = tau2[shells]
     per = np.zeros(r2.shape, dtype=np.float64)
     positive = inside & (tau2_r > 0)

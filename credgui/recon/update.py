@@ -54,7 +54,8 @@ def padded_fourier_from_map(vol: np.ndarray, padded_size: int, padding: float) -
 
 
 def denoiser_prior_weight(
-    shape: tuple[int, int, int], tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float
+    shape: tuple[int, int, int], tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float,
+    minres_map: int = 0,
 ) -> np.ndarray:
     """tau^-2 for eq. (17)'s numerator: 1 / (pad^3 fudge tau2) where tau2 > 0 inside max_r2, else 0.
 
@@ -68,6 +69,7 @@ def denoiser_prior_weight(
     shells = np.minimum(unpadded_shell(r, padding), len(tau2) - 1)
     per_r2 = np.zeros(r.shape, dtype=np.float64)
     ok = (r < max_radius2(current_size, padding)) & (tau2[shells] > 0)
+    ok &= unpadded_shell(r, padding) >= minres_map  # no prior there, so no denoiser term either
     per_r2[ok] = 1.0 / (padding**3 * tau2_fudge * tau2[shells][ok])
     return per_r2.astype(np.float32)[r2]
 
