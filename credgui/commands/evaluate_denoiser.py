@@ -93,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
                 np.array([i.resolution for i in items]),
                 lib.voxel_size,
                 {"kind": "gaussian", "library": str(args.library)},
+                np.stack([i.truth for i in items]),
             )
         )
         sources.append(
@@ -120,13 +121,23 @@ def main(args: argparse.Namespace) -> int:
     has_png = plot_curve(
         png_path, curve, f"{Path(args.model).name}: validation, {curve.n_maps} maps"
     )
-    print(f"{'resolution (A)':>16} {'n':>4} {'L2 ratio':>9} {'L1 ratio':>9}")
+    truth = {b.lo: b for b in curve.bins_truth}
+    print(
+        "ratios ||f(x~) - ref|| / ||x~ - ref||, ref = coarsened truth x^ | ground truth"
+    )
+    print(
+        f"{'resolution (A)':>16} {'n':>4} {'L2 x^':>7} {'L1 x^':>7} {'L2 gt':>7} {'L1 gt':>7}"
+    )
     for b in curve.bins:
+        t = truth.get(b.lo)
+        gt = f"{t.l2_ratio:7.3f} {t.l1_ratio:7.3f}" if t else f"{'-':>7} {'-':>7}"
         print(
-            f"{b.lo:6.1f}-{b.hi:<6.1f} {b.resolution:5.1f} {b.n:4d} {b.l2_ratio:9.3f} {b.l1_ratio:9.3f}"
+            f"{b.lo:6.1f}-{b.hi:<6.1f} {b.resolution:5.1f} {b.n:4d} "
+            f"{b.l2_ratio:7.3f} {b.l1_ratio:7.3f} {gt}"
         )
     print(
-        f"proposed lambda_low_res {curve.lambda_low_res} A, lambda_high_res {curve.lambda_high_res} A"
+        f"proposed lambda_low_res {curve.lambda_low_res} A, lambda_high_res "
+        f"{curve.lambda_high_res} A (from the L2 ratio against the {curve.threshold_basis})"
     )
     if not args.no_store:
         store_in_model(args.model, curve)

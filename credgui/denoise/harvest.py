@@ -48,6 +48,7 @@ class Intermediate:
     scale: float
     input: np.ndarray
     target: np.ndarray
+    truth: np.ndarray | None = None  # the ground truth on x~'s scale (not low-passed)
 
 
 def read_fsc(model_star: str | Path) -> np.ndarray:
@@ -195,14 +196,16 @@ def iter_harvest(
         a = fit_scale(x, truth, fsc)
         target = coarsened_truth(truth, fsc, a)
         res = fsc_resolution(fsc, x.shape[0], pixel)
+        scaled = (a * truth).astype(np.float32)
         if voxel_size is not None and abs(voxel_size - pixel) > 1e-4:
-            x, target = (
-                resample(x, pixel, voxel_size),
-                resample(target, pixel, voxel_size),
+            x, target, scaled = (
+                resample(v, pixel, voxel_size) for v in (x, target, scaled)
             )
         if box is not None:
-            x, target = fit_box(x, box), fit_box(target, box)
-        yield Intermediate(str(job), it, half, res, a, x.astype(np.float32), target)
+            x, target, scaled = (fit_box(v, box) for v in (x, target, scaled))
+        yield Intermediate(
+            str(job), it, half, res, a, x.astype(np.float32), target, scaled
+        )
 
 
 def save_intermediates(
@@ -239,6 +242,11 @@ def save_intermediates(
             tmp,
             inputs=np.stack([it.input for it in items]),
             targets=np.stack([it.target for it in items]),
+            **(
+                {"truths": np.stack([it.truth for it in items])}
+                if all(it.truth is not None for it in items)
+                else {}
+            ),
             resolution=np.array([it.resolution for it in items]),
             iteration=np.array([it.iteration for it in items]),
             half=np.array([it.half for it in items]),
@@ -265,6 +273,9 @@ class IntermediateSet:
     resolution: np.ndarray
     voxel_size: float
     meta: dict
+    truths: np.ndarray | None = (
+        None  # ground truth on x~'s scale, when the set holds it
+    )
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -282,6 +293,9 @@ def load_intermediates(path: str | Path) -> IntermediateSet:
                 z["resolution"].astype(np.float64),
                 float(z["voxel_size"]),
                 meta,
+                z["truths"].astype(np.float32, copy=False)
+                if "truths" in z.files
+                else None,
             )
     except FileNotFoundError:
         raise InputError(path, "intermediate set not found") from None

@@ -120,10 +120,13 @@ class ResolutionPairs:
         resolution: float | None = None,
         index: int | None = None,
         rotation: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, float]:
+        with_truth: bool = False,
+    ) -> tuple:
         """(input, target, nominal resolution A); input and target standardised by the input.
 
-        resolution, index, rotation (0..23): fixed instead of drawn.
+        resolution, index, rotation (0..23): fixed instead of drawn. with_truth: append the
+        clean map x itself (same standardisation; for the paper's Fig. 1c ratio against the
+        ground truth); the random draws are the same either way.
         """
         st, box = self.settings, self.box
         i = int(rng.integers(len(self.maps))) if index is None else int(index)
@@ -162,11 +165,15 @@ class ResolutionPairs:
         mean, std = float(noisy.mean()), float(noisy.std())
         if not std > 0:
             std = 1.0
-        return (
+        out = (
             ((noisy - mean) / std).astype(np.float32),
             ((target - mean) / std).astype(np.float32),
             float(resolution),
         )
+        if with_truth:
+            truth = np.fft.irfftn(f_clean, s=(box,) * 3, axes=(0, 1, 2))
+            return (*out, ((truth - mean) / std).astype(np.float32))
+        return out
 
     def batch(
         self, seed: int, step: int, size: int
@@ -233,10 +240,11 @@ def fixed_pairs(
     for r_index, res in enumerate(resolutions):
         for j in range(per_resolution):
             rng = np.random.default_rng([seed, r_index, j])
-            x, y, r = source.sample(
+            x, y, r, t = source.sample(
                 rng,
                 resolution=res,
                 index=(r_index * per_resolution + j) % len(source.maps),
+                with_truth=True,
             )
-            out.append(Intermediate("gaussian", 0, 0, r, 1.0, x, y))
+            out.append(Intermediate("gaussian", 0, 0, r, 1.0, x, y, t))
     return out

@@ -224,7 +224,9 @@ def test_train_data_harvests_a_real_refinement(tiny_refine_job, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     s = load_intermediates(tmp_path / "r.npz")
-    assert len(s) == len(items) and s.inputs.shape == s.targets.shape
+    assert len(s) == len(items) and s.inputs.shape == s.targets.shape == s.truths.shape
+    # x~ is the scaled truth plus noise: it correlates with the truth at low resolution
+    assert fsc(s.inputs[-1], s.truths[-1])[1:4].min() > 0.5
 
 
 def test_shipped_model_denoises_a_held_out_family(demo_structure):
