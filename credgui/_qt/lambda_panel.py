@@ -176,6 +176,21 @@ class LambdaWidget(QWidget):
         except Exception as exc:  # noqa: BLE001 (bad TOML is shown, not raised)
             self.banner.show_error(str(exc))
 
+    def _show_suggestion(self, record: dict[str, Any]) -> None:
+        """With "use the denoiser's suggestion" ticked, show the ramp the hook resolved (the
+        model's thresholds from its confidence curve, logged per call) in the greyed spin boxes."""
+        low, high = record.get("lambda_low_res"), record.get("lambda_high_res")
+        if not self.auto.isChecked() or low is None or high is None:
+            return
+        if (self.low.value(), self.high.value()) == (float(low), float(high)):
+            return
+        for spin, value in ((self.low, low), (self.high, high)):
+            spin.blockSignals(True)
+            spin.setValue(float(value))
+            spin.blockSignals(False)
+        self.auto.setText(f"use the denoiser's suggestion (leave unset): {float(low):g} / {float(high):g} Å")
+        self._redraw()
+
     def _on_state(self, state: Any) -> None:
         its = _state.state_iterations(state)
         records = [r for it in its for r in _state.hook_records(it)]
@@ -184,6 +199,7 @@ class LambdaWidget(QWidget):
             self.marker.hide()
             return
         last = records[-1]
+        self._show_suggestion(last)
         nom = last.get("nominal_resolution")
         if nom:
             self.marker.setValue(1.0 / float(nom))

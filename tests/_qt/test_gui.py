@@ -248,6 +248,27 @@ def test_lambda_change_reaches_credgui_toml(make_napari_viewer, finished_job, tm
     _close(viewer)
 
 
+def test_lambda_panel_shows_the_models_suggestion(make_napari_viewer, finished_job, tmp_path, qtbot):
+    """With thresholds left unset, the panel shows the ramp the hook resolved from the model."""
+    replay = JobReplay(finished_job, tmp_path / "job")
+    replay.copy_iteration(replay.iterations[0])
+    (replay.target / "credgui.toml").write_text('denoiser = "none"\n')  # thresholds unset
+    replay.copy_iteration(replay.iterations[1])
+    record = {"iteration": replay.iterations[1], "half": 2, "lambda": 0.25, "nominal_resolution": 9.0,
+              "lambda_low_res": 11.5, "lambda_high_res": 5.5, "lambda_max": 1.0, "status": "ok"}
+    with (replay.target / "credgui_hook.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")  # the last call logged
+    viewer, widgets = _open(make_napari_viewer, qtbot, replay.target)
+    panel = widgets["Lambda"]
+    wait_until(qtbot, lambda: panel.auto.isChecked() and panel.low.value() == 11.5, timeout_s=30)
+    assert panel.high.value() == 5.5 and not panel.low.isEnabled()
+    assert "11.5 / 5.5" in panel.auto.text()
+    x, y = panel.curve.getData()
+    res = 1.0 / x
+    assert np.allclose(y[res > 11.5], 0.0) and np.allclose(y[res < 5.5], 1.0)
+    _close(viewer)
+
+
 def test_bad_job_directories_are_reported_in_the_panel(make_napari_viewer, tmp_path, qtbot):
     viewer, widgets = _open(make_napari_viewer, qtbot)
     monitor = widgets["Monitor and maps"]
