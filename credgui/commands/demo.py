@@ -18,7 +18,7 @@ own Gaussian prior: the hook then reproduces relion_refine's M-step). Ctrl-C sto
 
 examples:
   credgui demo                          # ./credgui_demo/data and ./credgui_demo/Refine3D/job001
-  credgui demo --gui                    # also open the napari app on the running job
+  credgui demo --no-gui                 # terminal only (the app opens by default when there is a display)
   credgui demo --dir /scratch/demo      # elsewhere
   credgui demo --particles 300 --max-iterations 4     # a quick look (not converged)
 """
@@ -64,8 +64,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="demo folder: the RELION project (default ./credgui_demo)")
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help="where the demo data set is made or reused (default DIR/data)")
-    parser.add_argument("--gui", action="store_true",
-                        help="open the napari app on the job while it runs (needs a display)")
+    parser.add_argument("--gui", action=argparse.BooleanOptionalAction, default=None,
+                        help="open the napari app on the job while it runs (default: when a display "
+                             "is available; --no-gui never)")
     parser.add_argument("--denoiser", default="auto",
                         help="auto (the shipped model if there is one, else none), none, or a plugin name")
     parser.add_argument("--particles", type=int, metavar="N",
@@ -266,8 +267,11 @@ def main(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     project = Path(os.path.abspath(args.dir))
     data_dir = Path(os.path.abspath(args.data)) if args.data else project / "data"
-    if args.gui and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    has_display = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if args.gui and not has_display:
         raise InputError(None, "--gui needs a display (DISPLAY is not set); run under X or xvfb-run")
+    if args.gui is None:
+        args.gui = has_display
     if args.max_iterations is not None and args.max_iterations < 1:
         raise InputError(None, f"--max-iterations {args.max_iterations}: must be at least 1")
     if any(c.isspace() for c in str(project)):

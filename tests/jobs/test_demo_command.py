@@ -90,7 +90,7 @@ def test_demo_refines_to_a_final_map_and_writes_a_summary(tiny_demo, capsys):
     stack = tiny_demo / "data" / "particles.mrcs"
     before = stack.stat().st_mtime_ns
     t0 = time.monotonic()
-    rc = cli_main(["demo", "--dir", str(tiny_demo), "--poll", "0.5"])
+    rc = cli_main(["demo", "--dir", str(tiny_demo), "--poll", "0.5", "--no-gui"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert time.monotonic() - t0 < 240
@@ -121,7 +121,7 @@ def test_ctrl_c_stops_relion_and_leaves_no_process(tmp_path, tiny_dataset):
     root = tmp_path / "demo"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [CREDGUI, "demo", "--dir", str(root), "--particles", "100", "--poll", "0.5"],
+        [CREDGUI, "demo", "--dir", str(root), "--particles", "100", "--poll", "0.5", "--no-gui"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
     )
     lines = []
