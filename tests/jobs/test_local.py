@@ -111,7 +111,12 @@ def test_failing_hook_fails_the_job(tmp_path, tiny_dataset):
     assert state.error.endswith("(the hook said: error: hook refuses)")
     assert states[0].status == "running"
     assert [i.number for i in state.iterations] == [0]  # it died in iteration 1's M-step
-    handle.poll()
+    # RELION has reported the failure; mpirun then tears its ranks down (seconds on a loaded
+    # machine): nothing of the job may be left running after that
+    deadline = time.monotonic() + 60
+    while _ps_lines_of(params.job_dir, handle.pgid) and time.monotonic() < deadline:
+        handle.poll()
+        time.sleep(0.5)
     assert _ps_lines_of(params.job_dir, handle.pgid) == []
 
 
