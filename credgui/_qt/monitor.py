@@ -63,6 +63,7 @@ class ErrorBanner(QLabel):
     def show_error(self, text: str | None) -> None:
         if text:
             self.setText(text)
+            self.setToolTip(text)  # the whole message, should the dock be too narrow for it
             self.show()
         else:
             self.clear()
