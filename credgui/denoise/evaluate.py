@@ -257,6 +257,9 @@ def plot_curve(path: Path, curve: ConfidenceCurve, title: str = "") -> bool:
                 val, 1.02, f"λ {name} {val:g} Å", rotation=90, va="bottom", fontsize=7
             )
     ax.set_xscale("log")
+    ticks = [t for t in (3, 4, 5, 6, 8, 10, 12, 15, 20, 30) if min(x) * 0.9 <= t <= max(x) * 1.1]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.invert_xaxis()
     ax.set_xlabel("nominal resolution (Å)")
     ax.set_ylabel("||f(x~) - ref|| / ||x~ - ref||")
