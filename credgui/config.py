@@ -28,9 +28,11 @@ class HookConfig:
     ``lambda_low_res``/``lambda_high_res`` (A): lambda is 0 at nominal resolutions worse than
     the first, ``lambda_max`` better than the second, linear in between (paper section 4.3).
     ``None`` means: the denoiser's own suggestion (its confidence curve), else 10 and 4.5 A.
+    ``denoiser``: "unet" by default (the shipped model, resources/models/cwred_unet.pt);
+    "none" gives RELION's own Gaussian prior.
     """
 
-    denoiser: str = "none"
+    denoiser: str = "unet"
     lambda_low_res: float | None = None
     lambda_high_res: float | None = None
     lambda_max: float = 1.0

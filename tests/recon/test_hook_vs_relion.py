@@ -37,7 +37,7 @@ def test_hook_matches_relion_external_reconstruct(tiny_refine_job, tmp_path):
     ours_star = job / "run_it001_half1_class001_external_reconstruct.star"
     ours_star.write_text(format_star(blocks, loops={"external_reconstruct_tau2"}))
     # relion_external_reconstruct regularises every shell (no --minres_map), see HookConfig
-    (job / "credgui.toml").write_text("minres_map = 0\n")
+    (job / "credgui.toml").write_text('denoiser = "none"\nminres_map = 0\n')
     hook = hook_executable()
     assert hook
     subprocess.run([hook, str(ours_star)], check=True, capture_output=True, cwd=tmp_path)
