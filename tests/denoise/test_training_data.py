@@ -246,3 +246,45 @@ def test_shipped_model_denoises_a_held_out_family(demo_structure):
         before = np.linalg.norm(x - y)
         after = np.linalg.norm(den(x) - y)
         assert after < 0.95 * before, (res, after / before)
+
+
+def test_cli_trains_from_a_library_with_validation_loss(tmp_path):
+    from credgui.denoise.groundtruth import ModelEntry, load_library, save_library
+
+    entries = [ModelEntry(f"m{i}.pdb", f"fam{i}", f"m{i}") for i in range(3)]
+    maps = [_blobs(seed=i) for i in range(3)]
+    save_library(tmp_path / "train.npz", maps[:2], entries[:2], 2.0)
+    save_library(tmp_path / "val.npz", maps[2:], entries[2:], 2.0)
+    assert load_library(tmp_path / "val.npz").families == ("fam2",)
+    out = subprocess.run(
+        [
+            *CLI,
+            "train",
+            "--library",
+            str(tmp_path / "train.npz"),
+            "--val-library",
+            str(tmp_path / "val.npz"),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "4",
+            "--batch-size",
+            "1",
+            "--depth",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "val " in out.stdout
+    den = load_unet_denoiser(tmp_path / "run" / "model.pt", "cpu")
+    assert den.info.voxel_size == 2.0 and den.info.box == 32
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["config"]["extra"]["sources"]["val_library"]["families"] == ["fam2"]
