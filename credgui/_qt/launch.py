@@ -150,6 +150,7 @@ class LaunchWidget(QWidget):
         self.threads = QSpinBox(minimum=1, maximum=256, value=1)
         self.denoiser = QComboBox()
         self.denoiser.addItems(_denoisers())
+        self.denoiser.setCurrentText(HookConfig.denoiser)  # the shipped model by default
         self.low = QDoubleSpinBox(decimals=2, minimum=0.5, maximum=100.0, value=10.0)
         self.low.setSuffix(" Å")
         self.high = QDoubleSpinBox(decimals=2, minimum=0.5, maximum=100.0, value=4.5)

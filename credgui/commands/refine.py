@@ -63,7 +63,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     rl.add_argument("--relion-args", default="", metavar="'ARGS'", help="more relion_refine arguments, quoted")
 
     hk = parser.add_argument_group("learned prior (credgui.toml)")
-    hk.add_argument("--denoiser", default="none", help="denoiser plugin name (none = RELION's own M-step)")
+    hk.add_argument("--denoiser", default=HookConfig.denoiser,
+                    help=f"denoiser plugin name (default {HookConfig.denoiser}: the shipped model; "
+                         "none = RELION's own Gaussian prior)")
     hk.add_argument("--lambda-low-res", type=float, metavar="A", help="lambda is 0 at worse resolutions")
     hk.add_argument("--lambda-high-res", type=float, metavar="A", help="lambda reaches --lambda-max here")
     hk.add_argument("--lambda-max", type=float, default=1.0, help="(1.0)")
