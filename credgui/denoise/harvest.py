@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from credgui.denoise.pairs import FSC_THRESHOLD, coarsened_truth, shell_radius
-from credgui.denoise.train import rotate_cube
+from credgui.denoise.train import rotate_cube, sample_batch
 from credgui.errors import InputError
 
 SET_FORMAT = "credgui-intermediates/1"
@@ -346,14 +346,9 @@ class IntermediatePairs:
             float(self.resolution[i]),
         )
 
-    def batch(
-        self, seed: int, step: int, size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([seed, step])
-        pairs = [self.sample(rng) for _ in range(size)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
-        return x, y
+    def batch(self, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mini-batch of ``step`` (deterministic in seed and step): (size, 1, box^3) x2."""
+        return sample_batch(self.sample, seed, step, size)
 
 
 @dataclass(frozen=True)

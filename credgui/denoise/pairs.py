@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from credgui.denoise.train import rotate_cube, soft_mask_from_map
+from credgui.denoise.train import rotate_cube, sample_batch, soft_mask_from_map
 
 FSC_THRESHOLD = 0.143
 
@@ -175,15 +175,9 @@ class ResolutionPairs:
             return (*out, ((truth - mean) / std).astype(np.float32))
         return out
 
-    def batch(
-        self, seed: int, step: int, size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The mini-batch of ``step`` (deterministic in seed and step): (size, 1, box^3) x2."""
-        rng = np.random.default_rng([seed, step])
-        pairs = [self.sample(rng) for _ in range(size)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
-        return x, y
+        return sample_batch(self.sample, seed, step, size)
 
 
 __all__ = [
@@ -215,14 +209,9 @@ class MixedPairs:
         src = self.first if rng.uniform() < self.fraction else self.second
         return src.sample(rng)
 
-    def batch(
-        self, seed: int, step: int, size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([seed, step])
-        pairs = [self.sample(rng) for _ in range(size)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
-        return x, y
+    def batch(self, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mini-batch of ``step`` (deterministic in seed and step): (size, 1, box^3) x2."""
+        return sample_batch(self.sample, seed, step, size)
 
 
 def fixed_pairs(

@@ -267,12 +267,18 @@ class GaussianPairs:
         return ((noisy - mean) / std).astype(np.float32), ((clean - mean) / std).astype(np.float32)
 
     def batch(self, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mini-batch of ``step``: (size, 1, box, box, box) inputs and targets."""
-        rng = np.random.default_rng([seed, step])
-        pairs = [self.sample(rng) for _ in range(size)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
-        return x, y
+        """The mini-batch of ``step`` (deterministic in seed and step): (size, 1, box^3) x2."""
+        return sample_batch(self.sample, seed, step, size)
+
+
+def sample_batch(sample, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` pairs from ``sample(rng)`` as (size, 1, box, box, box) input and target tensors.
+    The generator is seeded with (seed, step), so a resumed run draws the same batches."""
+    rng = np.random.default_rng([seed, step])
+    pairs = [sample(rng) for _ in range(size)]
+    x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+    y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None])
+    return x, y
 
 
 # --------------------------------------------------------------------------- loop
