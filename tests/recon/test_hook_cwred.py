@@ -111,7 +111,7 @@ def synthetic_job(tmp_path):
 
 def test_lambda_zero_with_a_denoiser_equals_no_denoiser(synthetic_job, tmp_path):
     job, star = synthetic_job
-    (job / "credgui.toml").write_text("pixel_size = 2.0\n")
+    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\n')
     assert _run_hook(star, tmp_path).returncode == 0
     plain = mrcfile.read(read_call(star).result)
     # FSC crossing at ~6 shells -> 24 * 2 / 6 = 8 A, worse than lambda_low_res = 5 A: lambda = 0
@@ -147,7 +147,7 @@ def test_keep_inputs_false_deletes_the_arrays_after_success_only(synthetic_job, 
     proc = _run_hook(star, tmp_path)
     assert proc.returncode != 0 and "no-such-denoiser" in proc.stderr
     assert call.data_real.exists() and call.weight.exists()
-    (job / "credgui.toml").write_text("keep_inputs = false\n")
+    (job / "credgui.toml").write_text('keep_inputs = false\ndenoiser = "none"\n')
     assert _run_hook(star, tmp_path).returncode == 0
     assert call.result.exists()
     assert not (call.data_real.exists() or call.data_imag.exists() or call.weight.exists())
@@ -180,7 +180,7 @@ def _drop_label(path: Path) -> None:
 ])
 def test_corrupt_input_exits_non_zero_naming_the_file(synthetic_job, tmp_path, which, corrupt, problem):
     job, star = synthetic_job
-    (job / "credgui.toml").write_text("pixel_size = 2.0\n")
+    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\n')
     call = read_call(star)
     target = star if which == "star" else job / f"{ROOT}_external_reconstruct_{which}.mrc"
     corrupt(target)
