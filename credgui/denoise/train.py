@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from credgui.denoise.unet import UNet3D, resolve_device, save_model
+from credgui.denoise.unet import UNet3D, resolve_device, save_model, save_torch_atomic
 from credgui.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -303,14 +302,7 @@ def _save_checkpoint(
         "losses": list(losses),
         "val_losses": [list(v) for v in (val_losses or [])],
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return save_torch_atomic(payload, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

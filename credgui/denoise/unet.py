@@ -405,9 +405,15 @@ def save_model(path: str | Path, model: UNet3D, metadata: Mapping[str, Any] | No
         **meta,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    return save_torch_atomic(payload, path)
+
+
+def save_torch_atomic(payload: Mapping[str, Any], path: Path) -> Path:
+    """``torch.save`` to a temp file beside ``path``, then rename: a reader (the hook, a resumed
+    run) never sees half a file, and a killed writer leaves the old one intact."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(payload, tmp)
+        torch.save(dict(payload), tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
