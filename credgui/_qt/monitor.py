@@ -97,6 +97,7 @@ class MonitorWidget(QWidget):
         self._queue: deque = deque()
         self._load_id = 0
         self._last_shape: tuple[int, ...] | None = None
+        self._expected_by_job: dict[Path | None, set[str]] = {}
         self.destroyed.connect(self._stop_workers)
         self._drain_timer = QTimer(self, singleShot=True, interval=5)
         self._drain_timer.timeout.connect(self._drain)
@@ -295,7 +296,10 @@ class MonitorWidget(QWidget):
             return
         expected = set(paths)
         if not getattr(it, "final", False):
-            expected |= _state.expected_kinds(self.session.job_dir)
+            job_dir = self.session.job_dir
+            if job_dir not in self._expected_by_job:  # read credgui.toml once per job, not per iteration
+                self._expected_by_job[job_dir] = _state.expected_kinds(job_dir)
+            expected |= self._expected_by_job[job_dir]
         self.layers.expected = expected
         key = (number, tuple(sorted((k, str(p), _mtime(p)) for k, p in paths.items())))
         if key == self._shown_key:
