@@ -156,6 +156,8 @@ class Plan:
             "refine": self.refine,
             "variant": run.variant,
             "hook": config_to_dict(run.hook_config),
+            # a retrained model under the same path is another experiment
+            "weights_sha": _sha256(Path(run.hook_config.weights)) if run.hook_config.weights else None,
             "particle_diameter": run.dataset.structure.particle_diameter,
         }
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -95,6 +95,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
+        "--init-weights", metavar="PT", default=None,
+        help="start from this model's weights (fine-tuning); ignored when resuming a checkpoint",
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=None, metavar="MIN",
+        help="stop at the first checkpoint after MIN minutes (resume later with the same command)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="processes making training pairs ahead of the network (GPU runs; same batches)",
+    )
+    parser.add_argument(
         "--no-resume", action="store_true", help="ignore an existing checkpoint in --out"
     )
     parser.add_argument("--description", default="")
@@ -107,7 +119,6 @@ def main(args: argparse.Namespace) -> int:
         GaussianPairs,
         TrainConfig,
         noise_profile_from_file,
-        train,
     )
     from credgui.errors import InputError
     from credgui.relion.mrc import read_mrc, read_voxel_size
@@ -157,24 +168,12 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"credgui train: error: {exc}", file=sys.stderr)
         return 2
-    last = None
-    for p in train(config, data, args.out, resume=not args.no_resume):
-        last = p
-        if p.checkpoint is not None or p.step == 1:
-            print(
-                f"step {p.step}/{p.steps}  loss {p.loss:.5f}  {p.seconds:.2f} s/step  "
-                f"{'checkpoint ' + str(p.checkpoint) if p.checkpoint else ''}",
-                flush=True,
-            )
-    if last is None:
-        print(f"nothing to do: {args.out} already holds {config.steps} steps")
-    print(f"model: {args.out}/model.pt")
-    return 0
+    return _run(args, config, data)
 
 
 def _train_pairs(args: argparse.Namespace) -> int:
     """--library / --intermediates: resolution pairs (coarsened ground truth as the target)."""
-    from credgui.denoise.train import TrainConfig, train
+    from credgui.denoise.train import TrainConfig
 
     data, val, meta = _pair_sources(args)
     settings_extra = {"resolution_range": list(args.resolution_range), "mix": args.mix}
@@ -198,18 +197,34 @@ def _train_pairs(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"credgui train: error: {exc}", file=sys.stderr)
         return 2
-    last = None
+    return _run(args, config, data, val_data=val, model_metadata={"data": meta})
+
+
+def _run(args: argparse.Namespace, config, data, **kwargs) -> int:
+    """The training loop's progress lines; --time-limit stops after the first checkpoint past it."""
+    import time
+
+    from credgui.denoise.train import train
+
+    start, last = time.monotonic(), None
+    limit = args.time_limit * 60 if args.time_limit else None
     for p in train(
-        config, data, args.out, resume=not args.no_resume, val_data=val,
-        model_metadata={"data": meta},
+        config, data, args.out, resume=not args.no_resume, workers=args.workers,
+        init_weights=args.init_weights, **kwargs
     ):
         last = p
         if p.checkpoint is not None or p.step == 1:
             val_txt = f"  val {p.val_loss:.5f}" if p.val_loss is not None else ""
             print(
-                f"step {p.step}/{p.steps}  loss {p.loss:.5f}{val_txt}  {p.seconds:.2f} s/step",
+                f"step {p.step}/{p.steps}  loss {p.loss:.5f}{val_txt}  {p.seconds:.3f} s/step",
                 flush=True,
             )
+        if limit is not None and p.checkpoint is not None and time.monotonic() - start > limit:
+            print(
+                f"time limit reached at step {p.step}: run the same command to go on "
+                f"(checkpoint {p.checkpoint})"
+            )
+            return 0
     if last is None:
         print(f"nothing to do: {args.out} already holds {config.steps} steps")
     print(f"model: {args.out}/model.pt")

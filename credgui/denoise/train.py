@@ -22,8 +22,10 @@ stops cleanly (the last checkpoint stays valid).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +36,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from credgui.denoise.unet import UNet3D, resolve_device, save_model, save_torch_atomic
+from credgui.denoise.unet import (
+    UNet3D,
+    read_model_file,
+    resolve_device,
+    save_model,
+    save_torch_atomic,
+)
 from credgui.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -282,6 +290,37 @@ def sample_batch(sample, seed: int, step: int, size: int) -> tuple[torch.Tensor,
 
 # --------------------------------------------------------------------------- loop
 
+_POOL_DATA: Any = None  # the pair source, inherited by forked batch workers
+
+
+def _pool_batch(seed: int, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    torch.set_num_threads(1)
+    x, y = _POOL_DATA.batch(seed, step, size)
+    return x.numpy(), y.numpy()
+
+
+def _batches(
+    data: Any, seed: int, start: int, steps: int, size: int, workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches ``start..steps-1`` in order. With ``workers`` > 1 they are made ahead by
+    forked processes (pair making is numpy FFTs and dominates a GPU step); batches depend only
+    on (seed, step), so the result is the same as with one process."""
+    if workers <= 1:
+        for step in range(start, steps):
+            yield data.batch(seed, step, size)
+        return
+    global _POOL_DATA
+    _POOL_DATA = data
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending: collections.deque = collections.deque()
+        nxt = start
+        while nxt < steps or pending:
+            while nxt < steps and len(pending) < 2 * workers:  # bounded look-ahead
+                pending.append(pool.apply_async(_pool_batch, (seed, nxt, size)))
+                nxt += 1
+            x, y = pending.popleft().get()
+            yield torch.from_numpy(x), torch.from_numpy(y)
+
 
 def _save_checkpoint(
     path: Path,
@@ -378,6 +417,8 @@ def train(
     val_data: Any | None = None,
     val_batches: int = 2,
     model_metadata: dict[str, Any] | None = None,
+    workers: int = 0,
+    init_weights: str | Path | None = None,
 ) -> Iterator[TrainProgress]:
     """Train (or resume training) a ``UNet3D``; yields one ``TrainProgress`` per step.
 
@@ -386,7 +427,9 @@ def train(
     val_data: the same kind of object on validation maps; its loss on ``val_batches`` fixed
     batches is computed at every checkpoint (eval mode, no gradient) and kept in the checkpoint.
     Resumes from ``OUT/checkpoint.pt`` when present and ``resume`` (its config must agree on
-    everything but ``steps`` and ``device``). Writes ``OUT/model.pt`` after the last step, with
+    everything but ``steps`` and ``device``). ``workers`` > 1 makes batches in that many
+    processes (same batches, for a GPU that would otherwise wait on numpy). ``init_weights``: a
+    model file whose weights start a new run (fine-tuning; ignored when resuming). Writes ``OUT/model.pt`` after the last step, with
     ``model_metadata`` merged into its ``training`` record.
     """
     config.validate()
@@ -421,12 +464,20 @@ def train(
         step, losses = int(raw["step"]), [float(v) for v in raw["losses"]]
         val_losses = [list(v) for v in raw.get("val_losses", [])]
         log.info("resumed from %s at step %d", ckpt_path, step)
+    elif init_weights is not None:
+        raw = read_model_file(init_weights)
+        if dict(raw["config"]) != dict(model.config):
+            raise InputError(
+                init_weights,
+                f"network shape {raw['config']} differs from this run's {model.config}",
+            )
+        model.load_state_dict(raw["state_dict"])
+        log.info("weights initialised from %s", init_weights)
 
     loss_fn = torch.nn.MSELoss()
     model.train()
-    while step < config.steps:
-        t0 = time.perf_counter()
-        x, y = data.batch(config.seed, step, config.batch_size)
+    t0 = time.perf_counter()
+    for x, y in _batches(data, config.seed, step, config.steps, config.batch_size, workers):
         x, y = x.to(device), y.to(device)
         optimiser.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
@@ -444,9 +495,9 @@ def train(
             written = _save_checkpoint(
                 ckpt_path, model, optimiser, step, config, losses, val_losses
             )
-        yield TrainProgress(
-            step, config.steps, value, time.perf_counter() - t0, written, val_value
-        )
+        t1 = time.perf_counter()
+        yield TrainProgress(step, config.steps, value, t1 - t0, written, val_value)
+        t0 = t1
 
     if step == config.steps:
         model.eval()

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from credgui.bench.plan import choose_denoiser, parse_plan
+from credgui.bench.plan import RunSpec, choose_denoiser, parse_plan, variant_config
 from credgui.bench.runner import FORMAT, iter_benchmark, read_result, result_path, write_json_atomic
 from credgui.errors import InputError
 
@@ -129,3 +129,16 @@ def test_plan_errors_are_one_line_naming_the_plan(tmp_path):
             parse_plan(text, path)
         msg = str(info.value)
         assert "\n" not in msg and str(path) in msg and words in msg
+
+
+def test_a_retrained_model_under_the_same_path_makes_cwred_results_stale(tmp_path):
+    plan = _plan(tmp_path)
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"first weights")
+    relion_run = next(r for r in plan.runs("unet", str(weights)) if r.variant == "relion")
+    key_relion = plan.settings_key(relion_run)
+    weights_run = RunSpec(relion_run.dataset, "cwred", variant_config("cwred", "unet", str(weights)), True, None)
+    before = plan.settings_key(weights_run)
+    weights.write_bytes(b"retrained weights")
+    assert plan.settings_key(weights_run) != before
+    assert plan.settings_key(relion_run) == key_relion  # plain RELION does not depend on the model

@@ -191,3 +191,31 @@ def test_cli_run_killed_and_rerun_matches_an_uninterrupted_run(tmp_path):
     cfg = _tiny(steps=total, checkpoint_every=2, noise_std=(0.5, 4.0))
     straight = [p.loss for p in train(cfg, GaussianPairs([_blobs(24)], cfg), tmp_path / "straight")]
     assert resumed["losses"] == pytest.approx(straight, rel=1e-6, abs=0)
+
+
+def test_batch_workers_give_the_same_training(tmp_path):
+    """Pairs made ahead in worker processes (GPU runs) are the batches of a one-process run."""
+    cfg = _tiny(steps=6, checkpoint_every=3)
+    data = GaussianPairs([_blobs(), _blobs(seed=1)], cfg)
+    one = [p.loss for p in train(cfg, data, tmp_path / "a")]
+    pooled = [p.loss for p in train(cfg, data, tmp_path / "b", workers=2)]
+    assert pooled == one
+    # resuming a pooled run from its checkpoint continues the same sequence
+    cfg8 = _tiny(steps=8, checkpoint_every=3)
+    assert [p.loss for p in train(cfg8, data, tmp_path / "b", workers=2)] == [
+        p.loss for p in train(cfg8, data, tmp_path / "a")
+    ]
+
+
+def test_init_weights_start_from_a_model_and_a_wrong_shape_is_refused(tmp_path):
+    cfg = _tiny(steps=4, checkpoint_every=4)
+    data = GaussianPairs([_blobs()], cfg)
+    list(train(cfg, data, tmp_path / "a"))
+    trained = load_unet_denoiser(tmp_path / "a" / "model.pt", device="cpu")
+    fresh = next(train(_tiny(steps=1, lr=1e-12), data, tmp_path / "b",
+                       init_weights=tmp_path / "a" / "model.pt"))
+    scratch = next(train(_tiny(steps=1, lr=1e-12), data, tmp_path / "c"))
+    assert fresh.loss != scratch.loss  # started from the trained weights, not the seed's
+    assert trained.info.box == 16
+    with pytest.raises(Exception, match="network shape"):
+        next(train(_tiny(channels=8), data, tmp_path / "d", init_weights=tmp_path / "a" / "model.pt"))
