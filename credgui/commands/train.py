@@ -87,7 +87,14 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--noise-profile", metavar="TXT", help="noise amplitude vs frequency (default white)"
     )
-    parser.add_argument("--solvent-damping", type=float, default=0.3)
+    parser.add_argument(
+        "--solvent-damping", type=float, default=0.3,
+        help="noise factor in the solvent (--maps); with --library the lower end of its drawn range",
+    )
+    parser.add_argument(
+        "--blur", type=float, nargs=2, default=(0.0, 80.0), metavar=("LO", "HI"),
+        help="--library pairs: extra B-factor range (A^2) of the clean map (envelope, misalignment)",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channels", type=int, default=4)
@@ -176,7 +183,10 @@ def _train_pairs(args: argparse.Namespace) -> int:
     from credgui.denoise.train import TrainConfig
 
     data, val, meta = _pair_sources(args)
-    settings_extra = {"resolution_range": list(args.resolution_range), "mix": args.mix}
+    settings_extra = {
+        "resolution_range": list(args.resolution_range), "mix": args.mix,
+        "solvent_damping": [args.solvent_damping, 1.0], "blur": list(args.blur),
+    }
     try:
         config = TrainConfig(
             steps=args.steps,
@@ -237,7 +247,10 @@ def _pair_sources(args: argparse.Namespace):
     from credgui.denoise.pairs import MixedPairs, PairSettings, ResolutionPairs
 
     best, worst = args.resolution_range
-    settings = PairSettings(res_min=best, res_max=worst)
+    settings = PairSettings(
+        res_min=best, res_max=worst, solvent_damping=(args.solvent_damping, 1.0),
+        blur=tuple(args.blur),
+    )
     parts, val, meta = [], None, {}
     if args.library:
         lib = load_library(args.library)
