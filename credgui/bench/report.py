@@ -77,9 +77,15 @@ def _f(v: Any, nd: int = 2) -> str:
     return f"{v:.{nd}f}" if isinstance(v, (int, float)) else str(v)
 
 
+def fsc_at_nyquist(record: dict[str, Any]) -> float | None:
+    """FSC against the truth in the last shell: tells runs apart when every one reaches Nyquist."""
+    curve = record.get("fsc_truth_curve") or []
+    return float(curve[-1][1]) if curve else None
+
+
 def markdown_table(records: list[dict[str, Any]]) -> str:
     head = ("| structure | SNR | variant | status | iter | wall (min) | reported (A) | truth 0.5 (A) | truth 0.143 (A) "
-            "| overest. (A) | overest. (shells) | ang. err. median / mean / p90 (deg) |")
+            "| overest. (A) | overest. (shells) | FSC truth at Nyquist | ang. err. median / mean / p90 (deg) |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in records:
         ok = r.get("status") == "finished"
@@ -90,6 +96,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
             (_f(r.get("iterations"), 0) + ("" if r.get("converged", True) else "*")) if ok else "–", _f((r.get("wall_s") or 0) / 60, 1) if r.get("wall_s") else "–",
             _f(r.get("reported_angst")), _f(r.get("fsc_truth_05_angst")), _f(r.get("fsc_truth_0143_angst")),
             _f(r.get("overestimation_angst")), _f(r.get("overestimation_shells"), 1),
+            _f(fsc_at_nyquist(r), 3),
             f"{_f(ae.get('median_deg'))} / {_f(ae.get('mean_deg'))} / {_f(ae.get('p90_deg'))}" if ae else "–",
         ]) + " |")
     return "\n".join(lines) + "\n"
@@ -238,7 +245,8 @@ def write_report(out_dir: str | Path, *, figures: bool = True) -> dict[str, Any]
         md += ["Denoiser used by red/cwred: " + ", ".join(f"{v}: `{d}`" for v, d in denoisers), ""]
     md += ["Resolutions in A. *reported*: RELION's final half-map FSC 0.143 (unmasked); *truth 0.5/0.143*: FSC of the "
            "final map with the ground truth inside the soft solvent mask; *overest.*: truth 0.5 minus reported "
-           "(positive = RELION claims too much), in A and in Fourier shells. *iter* marked * = stopped by "
+           "(positive = RELION claims too much), in A and in Fourier shells; *FSC truth at Nyquist*: that masked FSC in "
+           "the last shell (tells runs apart when all reach Nyquist). *iter* marked * = stopped by "
            "auto_iter_max (not converged: the last iteration's half maps averaged stand in for the final map).", "", markdown_table(records)]
     if cmps:
         md += ["", "## relion (no hook) vs none (credgui's hook, Gaussian prior): final maps", "", _comparison_table(cmps)]
