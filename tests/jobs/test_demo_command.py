@@ -124,6 +124,9 @@ def test_ctrl_c_stops_relion_and_leaves_no_process(tmp_path, tiny_dataset):
     proc = subprocess.Popen(
         [CREDGUI, "demo", "--dir", str(root), "--particles", "100", "--poll", "0.5", "--no-gui"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+        # a suite started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and Python then keeps it ignored: give the demo the terminal's default, as a user has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     try:
