@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
 from credgui.bench.plan import RunSpec, choose_denoiser, parse_plan, variant_config
-from credgui.bench.runner import FORMAT, iter_benchmark, read_result, result_path, write_json_atomic
+from credgui.bench.runner import (
+    FORMAT,
+    iter_benchmark,
+    read_result,
+    result_path,
+    write_json_atomic,
+)
 from credgui.errors import InputError
 
 PLAN = """
