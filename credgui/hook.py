@@ -27,6 +27,7 @@ from credgui.errors import InputError
 from credgui.recon.fourier import prior_weight
 from credgui.recon.gridding import gridded_map, window_real
 from credgui.recon.schedule import (
+    driving_resolution,
     lambda_for_resolution,
     nominal_resolution,
     ramp_thresholds,
@@ -42,6 +43,7 @@ from credgui.relion.mrc import write_mrc_atomic
 from credgui.relion.protocol import (
     ExternalReconstructCall,
     find_pixel_size,
+    find_relion_resolution,
     read_arrays,
     read_call,
 )
@@ -107,7 +109,10 @@ def run(star: str | Path) -> dict[str, Any]:
     timings["unreg"] = time.perf_counter() - t
     t = time.perf_counter()
 
-    resolution = nominal_resolution(call.fsc, pixel_size, n) if pixel_size else None
+    fsc_res = nominal_resolution(call.fsc, pixel_size, n) if pixel_size else None
+    relion = find_relion_resolution(call) if use_denoiser else None
+    driving = driving_resolution(fsc_res, relion[0] if relion else None, call.iteration, call.half)
+    resolution = driving.resolution
     lam = 0.0
     low = high = None
     numerator = data
@@ -151,7 +156,9 @@ def run(star: str | Path) -> dict[str, Any]:
     record = {
         "time": datetime.now(timezone.utc).isoformat(), "root": call.root, "iteration": call.iteration,
         "half": call.half, "class": call.class_number, "ori_size": n, "current_size": call.current_size,
-        "padding": pad, "pixel_size": pixel_size, "nominal_resolution": resolution, "lambda": lam,
+        "padding": pad, "pixel_size": pixel_size, "nominal_resolution": resolution,
+        "fsc_resolution": driving.fsc_resolution, "relion_resolution": driving.relion_resolution,
+        "resolution_source": driving.source, "lambda": lam,
         "lambda_low_res": low if low is not None else config.lambda_low_res,
         "lambda_high_res": high if high is not None else config.lambda_high_res,
         "lambda_max": config.lambda_max, "denoiser": config.denoiser,

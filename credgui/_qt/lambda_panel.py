@@ -205,13 +205,11 @@ class LambdaWidget(QWidget):
             self.marker.setValue(1.0 / float(nom))
             self.marker.label.setFormat(f"nominal {float(nom):.2f} Å")
             self.marker.show()
-        def num(key: str) -> str:
-            return _fmt(last.get(key), none="-")
-
-        self.used.setText(
-            f"hook, iteration {last.get('iteration')} half {last.get('half')}: lambda {num('lambda')} "
-            f"at nominal {num('nominal_resolution')} Å with lambda_low_res {num('lambda_low_res')}, "
-            f"lambda_high_res {num('lambda_high_res')}, lambda_max {num('lambda_max')}"
+        self.used.setText(used_text(last))
+        self.used.setToolTip(
+            "lambda follows the worse (coarser) of two numbers: the 0.143 crossing of the half-map FSC "
+            "RELION handed to the hook, and RELION's own current resolution (its latest model STAR). "
+            "Iteration 1 and the final joined map always get lambda 0."
         )
 
     def apply(self) -> None:
@@ -256,3 +254,25 @@ def _fmt(value: Any, none: str = "auto") -> str:
         return f"{float(value):.3g}"
     except (TypeError, ValueError):
         return str(value)
+
+
+def used_text(rec: dict) -> str:
+    """One line on the hook's last call: lambda, the resolution that drove it and the two
+    numbers it came from, each labelled (the hook log's fields)."""
+
+    def num(key: str) -> str:
+        return _fmt(rec.get(key), none="-")
+
+    half = rec.get("half")
+    where = f"iteration {rec.get('iteration')} " + (f"half {half}" if half is not None else "final joined map")
+    source = rec.get("resolution_source")
+    why = {
+        "first iteration": "lambda 0 at iteration 1 (no gold-standard FSC yet)",
+        "final map": "lambda 0 on the final joined map (kept prior-free for validation)",
+        "unknown": "no resolution known: lambda 0",
+    }.get(source, f"driven by nominal {num('nominal_resolution')} Å ({source or 'fsc'})")
+    return (
+        f"hook, {where}: lambda {num('lambda')}, {why}; FSC handed over 0.143 at {num('fsc_resolution')} Å, "
+        f"RELION's current resolution {num('relion_resolution')} Å; ramp {num('lambda_low_res')} → "
+        f"{num('lambda_high_res')} Å, lambda_max {num('lambda_max')}"
+    )

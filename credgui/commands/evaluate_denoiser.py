@@ -65,13 +65,7 @@ def main(args: argparse.Namespace) -> int:
     den = load_unet_denoiser(args.model, args.device, threads=args.threads)
     sets, sources = [], []
     for p in args.sets:
-        s = load_intermediates(p)
-        if den.info.voxel_size and abs(s.voxel_size - den.info.voxel_size) > 0.01:
-            raise InputError(
-                p,
-                f"voxel size {s.voxel_size:g} A, the model's is {den.info.voxel_size:g} A",
-            )
-        sets.append(s)
+        sets.append(load_intermediates(p))
         sources.append(str(p))
     if args.library:
         import numpy as np
@@ -88,12 +82,12 @@ def main(args: argparse.Namespace) -> int:
         items = fixed_pairs(src, list(args.resolutions), args.per_resolution, args.seed)
         sets.append(
             IntermediateSet(
-                np.stack([i.input for i in items]),
-                np.stack([i.target for i in items]),
+                [i.input for i in items],
+                [i.target for i in items],
                 np.array([i.resolution for i in items]),
-                lib.voxel_size,
+                np.full(len(items), lib.voxel_size),
                 {"kind": "gaussian", "library": str(args.library)},
-                np.stack([i.truth for i in items]),
+                [i.truth for i in items],
             )
         )
         sources.append(
@@ -110,7 +104,8 @@ def main(args: argparse.Namespace) -> int:
     ).get("extra") or {}
     train_range = extra.get("resolution_range")
     max_low = float(max(train_range)) if train_range else None
-    curve, details = evaluate_sets(den, sets, sources=sources, max_low=max_low)
+    curve, details = evaluate_sets(den, sets, sources=sources, max_low=max_low,
+                                   voxel_size=den.info.voxel_size)
     prefix = Path(args.out) if args.out else Path(args.model).with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path = prefix.with_name(prefix.name + ".eval.json")
@@ -126,18 +121,19 @@ def main(args: argparse.Namespace) -> int:
         "ratios ||f(x~) - ref|| / ||x~ - ref||, ref = coarsened truth x^ | ground truth"
     )
     print(
-        f"{'resolution (A)':>16} {'n':>4} {'L2 x^':>7} {'L1 x^':>7} {'L2 gt':>7} {'L1 gt':>7}"
+        f"{'resolution (A)':>18} {'n':>4} {'L2 x^':>7} {'max':>6} {'L1 x^':>7} {'amp':>6} {'L2 gt':>7} {'L1 gt':>7}"
     )
     for b in curve.bins:
         t = truth.get(b.lo)
         gt = f"{t.l2_ratio:7.3f} {t.l1_ratio:7.3f}" if t else f"{'-':>7} {'-':>7}"
+        amp = f"{b.amplitude:6.2f}" if b.amplitude is not None else f"{'-':>6}"
         print(
             f"{b.lo:6.1f}-{b.hi:<6.1f} {b.resolution:5.1f} {b.n:4d} "
-            f"{b.l2_ratio:7.3f} {b.l1_ratio:7.3f} {gt}"
+            f"{b.l2_ratio:7.3f} {b.l2_ratio_max:6.2f} {b.l1_ratio:7.3f} {amp} {gt}"
         )
     print(
         f"proposed lambda_low_res {curve.lambda_low_res} A, lambda_high_res "
-        f"{curve.lambda_high_res} A (from the L2 ratio against the {curve.threshold_basis})"
+        f"{curve.lambda_high_res} A (every map finer than lambda_low_res: L2 ratio vs x^ < 0.9)"
     )
     if not args.no_store:
         store_in_model(args.model, curve)

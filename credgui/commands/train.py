@@ -40,6 +40,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="RELION intermediate sets (credgui train-data relion)",
     )
     parser.add_argument(
+        "--val-intermediates", nargs="+", metavar="NPZ",
+        help="validation sets (held-out families) for the validation loss",
+    )
+    parser.add_argument(
         "--mix",
         type=float,
         default=0.5,
@@ -241,6 +245,16 @@ def _run(args: argparse.Namespace, config, data, **kwargs) -> int:
     return 0
 
 
+def _init_voxel_size(args: argparse.Namespace) -> float | None:
+    """The voxel size of --init-weights (a fine-tune keeps its model's grid)."""
+    if not args.init_weights:
+        return None
+    from credgui.denoise.unet import read_model_file
+
+    value = read_model_file(args.init_weights).get("voxel_size")
+    return float(value) if value else None
+
+
 def _pair_sources(args: argparse.Namespace):
     """(training data, validation data or None, JSON-able description) from the arguments."""
     from credgui.denoise.groundtruth import load_library
@@ -273,9 +287,14 @@ def _pair_sources(args: argparse.Namespace):
     if args.intermediates:
         from credgui.denoise.harvest import IntermediatePairs, load_intermediates
 
+        voxel = args.voxel_size or (parts[0].voxel_size if parts else None) or _init_voxel_size(args)
         sets = [load_intermediates(p) for p in args.intermediates]
-        inter = IntermediatePairs(sets)
+        inter = IntermediatePairs(sets, voxel, args.box)
         meta["intermediates"] = {"paths": [str(p) for p in args.intermediates], "maps": len(inter)}
+        if args.val_intermediates:
+            val = IntermediatePairs([load_intermediates(p) for p in args.val_intermediates], inter.voxel_size,
+                                    args.box)
+            meta["val_intermediates"] = {"paths": [str(p) for p in args.val_intermediates], "maps": len(val)}
         if parts:
             return MixedPairs(inter, parts[0], args.mix), val, meta
         return inter, val, meta

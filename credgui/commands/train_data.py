@@ -89,10 +89,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         help="default: the one credgui_job.json records for each job",
     )
     rel.add_argument(
-        "--voxel-size", type=float, metavar="A", help="resample to (default: keep)"
-    )
-    rel.add_argument("--box", type=int, help="crop/pad to (default: keep)")
-    rel.add_argument(
         "--run",
         nargs="+",
         metavar="MODEL",
@@ -106,10 +102,64 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     rel.add_argument("--iter-max", type=int, default=10)
 
 
-def main(args: argparse.Namespace) -> int:
-    return {"library": _library, "gaussian": _gaussian, "relion": _relion}[args.kind](
-        args
+    rec = sub.add_parser(
+        "reconstruct",
+        help="RELION-faithful pairs: relion_reconstruct on simulated half-sets with pose errors",
     )
+    rec.add_argument("--out", required=True, metavar="DIR", help="folder of shards (one .npz per stack)")
+    rec.add_argument("--stacks", type=int, required=True, help="simulated stacks (pairs_per_stack x 2 maps each)")
+    rec.add_argument("--split", choices=("train", "val"), default="train",
+                     help="the offline models of the training or of the held-out families")
+    rec.add_argument("--models", nargs="+", metavar="FILE", help="atomic models (instead of --split)")
+    rec.add_argument("--validation-families", nargs="+", metavar="NAME")
+    rec.add_argument("--search", nargs="+", default=[], metavar="DIR")
+    rec.add_argument("--pairs-per-stack", type=int, default=6)
+    rec.add_argument("--max-box", type=int, default=112)
+    rec.add_argument("--pixel-size", type=float, nargs=2, default=(1.0, 2.6), metavar=("LO", "HI"))
+    rec.add_argument("--snr", type=float, nargs=2, default=(0.005, 0.3), metavar=("LO", "HI"))
+    rec.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    return {"library": _library, "gaussian": _gaussian, "relion": _relion, "reconstruct": _reconstruct}[
+        args.kind
+    ](args)
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    """Stacks cycling through the models of the split; resumable (shards already made are kept)."""
+    from credgui.denoise.catalog import DEFAULT_VALIDATION_FAMILIES, offline_models
+    from credgui.denoise.reconstructed import ReconSettings, iter_reconstructed_set
+    from credgui.errors import InputError
+    from credgui.simulate.model import model_stem
+
+    if args.models:
+        models = [Path(m) for m in args.models]
+        families = {}
+    else:
+        val_fams = set(args.validation_families or DEFAULT_VALIDATION_FAMILIES)
+        entries = [e for e in offline_models(args.search)
+                   if (e.family in val_fams) == (args.split == "val")]
+        models = [Path(e.path) for e in entries]
+        families = {model_stem(e.path): e.family for e in entries}
+    import numpy as np
+
+    if not models:
+        raise InputError(Path(args.out), "no atomic models found for this split (see docs/atomic-models)")
+    order = np.random.default_rng(args.seed).permutation(len(models))
+    models = [models[i] for i in order]
+    settings = ReconSettings(pairs_per_stack=args.pairs_per_stack, max_box=args.max_box,
+                             pixel_size=tuple(args.pixel_size), snr=tuple(args.snr))
+    meta = {"kind": "reconstruct", "split": args.split, "families": sorted(set(families.values())),
+            "models": sorted(model_stem(m) for m in models)}
+    last = None
+    for p in iter_reconstructed_set(models, args.out, args.stacks, args.seed, settings, meta):
+        last = p
+        err = f"  skipped: {p.last_error}" if p.last_error else ""
+        print(f"stack {p.stacks_done}/{p.stacks}: {p.pairs} maps, {p.seconds:.0f} s{err}", flush=True)
+    if last is not None and last.seconds > 0:
+        print(f"{last.pairs} maps -> {args.out} ({60 * last.pairs / last.seconds:.1f} maps per minute)")
+    return 0
 
 
 def _library(args: argparse.Namespace) -> int:
@@ -192,7 +242,6 @@ def _relion(args: argparse.Namespace) -> int:
         save_intermediates,
     )
     from credgui.errors import InputError
-    from credgui.relion.mrc import read_voxel_size
 
     jobs = [Path(j) for j in args.jobs]
     if args.run:
@@ -220,15 +269,8 @@ def _relion(args: argparse.Namespace) -> int:
     items = []
     for job in jobs:
         n0 = len(items)
-        items += list(
-            iter_harvest(
-                job, args.ground_truth, voxel_size=args.voxel_size, box=args.box
-            )
-        )
+        items += list(iter_harvest(job, args.ground_truth))
         print(f"{job}: {len(items) - n0} maps", flush=True)
-    voxel = args.voxel_size or read_voxel_size(
-        next(Path(jobs[0]).glob("*_credgui_unreg.mrc"))
-    )
-    save_intermediates(args.out, items, voxel, {"kind": "relion"})
+    save_intermediates(args.out, items, None, {"kind": "relion"})
     print(f"{len(items)} maps -> {args.out}")
     return 0

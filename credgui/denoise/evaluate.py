@@ -42,6 +42,8 @@ class CurveBin:
     l1_ratio: float
     l2_ratio: float
     l2_ratio_std: float
+    l2_ratio_max: float | None = None  # the worst map of the bin
+    amplitude: float | None = None  # mean <f, x^> / <x^, x^> (1 = calibrated)
 
 
 @dataclass(frozen=True)
@@ -83,12 +85,16 @@ def bin_ratios(
     l1: np.ndarray,
     l2: np.ndarray,
     edges: Sequence[float] = DEFAULT_EDGES,
+    amplitudes: np.ndarray | None = None,
 ) -> list[CurveBin]:
     """Mean ratios per resolution bin [edges[i], edges[i+1]), empty bins left out, fine to coarse."""
     out = []
     for lo, hi in itertools.pairwise(edges):
         sel = (resolution >= lo) & (resolution < hi)
         if sel.any():
+            amp = None
+            if amplitudes is not None and np.isfinite(amplitudes[sel]).any():
+                amp = float(np.nanmean(amplitudes[sel]))
             out.append(
                 CurveBin(
                     float(lo),
@@ -98,9 +104,46 @@ def bin_ratios(
                     float(l1[sel].mean()),
                     float(l2[sel].mean()),
                     float(l2[sel].std()),
+                    float(l2[sel].max()),
+                    amp,
                 )
             )
     return out
+
+
+def ramp_from_curve(
+    bins: Sequence[CurveBin], worst: float = 0.9, plateau: float = 0.1, max_low: float | None = None,
+) -> tuple[float | None, float | None]:
+    """(lambda_low_res, lambda_high_res) in A such that wherever the ramp gives lambda > 0 the
+    denoiser was measured to help every map, with margin.
+
+    Scanning from fine to coarse, bins are accepted while their *worst* map's L2 ratio against
+    x^ is below ``worst`` (0.9: a 10 % margin under 1); ``lambda_low_res`` is the coarse edge of
+    the last accepted bin (lambda is 0 at and beyond it, so no map of a rejected bin gets the
+    prior). ``lambda_high_res``: the coarsest accepted bin whose mean ratio is within
+    ``plateau`` of the best accepted bin's improvement (full strength where the help has
+    levelled off), at least one bin finer than lambda_low_res. None, None when even the finest
+    bin fails. ``max_low`` clips lambda_low_res (the coarsest resolution trained).
+    """
+    fine_to_coarse = sorted(bins, key=lambda b: b.resolution)
+    accepted: list[CurveBin] = []
+    for b in fine_to_coarse:
+        w = b.l2_ratio_max if b.l2_ratio_max is not None else b.l2_ratio
+        if not w < worst:
+            break
+        accepted.append(b)
+    if not accepted:
+        return None, None
+    low = float(accepted[-1].hi)
+    if max_low is not None and low > max_low:
+        low = float(max_low)
+    best = min(b.l2_ratio for b in accepted)
+    limit = best + plateau * (1.0 - best)
+    good = [b for b in accepted if b.l2_ratio <= limit and b.resolution < low]
+    high = float(max(b.resolution for b in good)) if good else float(accepted[0].resolution)
+    if not high < low:
+        high = 0.75 * low
+    return low, high
 
 
 def propose_thresholds(
@@ -144,26 +187,40 @@ def propose_thresholds(
     return float(low), float(high)
 
 
+def amplitude(denoised: np.ndarray, target: np.ndarray) -> float:
+    """The least-squares scale of f(x~) onto x^: <f, x^> / <x^, x^> (1 for a calibrated
+    denoiser; below 1 it shrinks the map, above 1 it inflates it). Real-space inner products
+    (Parseval: the same over the whole band in Fourier space)."""
+    t = target.astype(np.float64).ravel()
+    den = float(t @ t)
+    return float(denoised.astype(np.float64).ravel() @ t / den) if den > 0 else float("nan")
+
+
 def evaluate_sets(
     denoiser,
     sets: Sequence,
     edges: Sequence[float] = DEFAULT_EDGES,
     sources: Sequence[str] = (),
     max_low: float | None = None,
+    voxel_size: float | None = None,
 ) -> tuple[ConfidenceCurve, dict]:
-    """Run ``denoiser`` (a callable on a 3-D map) on every map of the harvested/Gaussian sets.
+    """f(x~) of every map of the sets through the hook's own path
+    (``recon.update.denoise_map``: resample to ``voxel_size``, standardise, ``denoiser``, undo),
+    at each map's own sampling, and the single-pass ratios against x^ (and the truth).
 
     Returns the curve of all maps together (its thresholds: see ``propose_thresholds``) and a
-    JSON-able dict: per-map numbers and, per set, its own binned curve (``by_set``), so that
-    Gaussian pairs and RELION intermediates can be told apart.
+    JSON-able dict: per-map numbers (ratios, amplitude, pixel size, box) and, per set, its own
+    binned curve (``by_set``), so that Gaussian pairs and RELION maps can be told apart.
     """
+    from credgui.recon.update import denoise_map
+
     t0 = time.perf_counter()
-    res, l1s, l2s, which, t1s, t2s = [], [], [], [], [], []
+    res, l1s, l2s, which, t1s, t2s, amps, pix, boxes = [], [], [], [], [], [], [], [], []
     for k, s in enumerate(sets):
         truths = getattr(s, "truths", None)
         for i in range(len(s)):
             x, y = s.inputs[i], s.targets[i]
-            fx = denoiser(x)
+            fx = denoise_map(x, denoiser, float(s.pixel_size[i]), voxel_size)
             l1, l2 = map_ratios(fx, x, y)
             t1, t2 = (
                 map_ratios(fx, x, truths[i]) if truths is not None else (np.nan, np.nan)
@@ -173,16 +230,20 @@ def evaluate_sets(
             l2s.append(l2)
             t1s.append(float(t1))
             t2s.append(float(t2))
+            amps.append(amplitude(fx, y))
+            pix.append(float(s.pixel_size[i]))
+            boxes.append(int(x.shape[0]))
             which.append(k)
     r, a, b, w = np.array(res), np.array(l1s), np.array(l2s), np.array(which)
     ta, tb = np.array(t1s), np.array(t2s)
     finite = np.isfinite(r)
-    bins = bin_ratios(r[finite], a[finite], b[finite], edges)
+    amp = np.array(amps)
+    bins = bin_ratios(r[finite], a[finite], b[finite], edges, amp[finite])
     have_truth = bool(len(tb)) and bool(np.isfinite(tb).all())
     bins_truth = (
         bin_ratios(r[finite], ta[finite], tb[finite], edges) if have_truth else []
     )
-    low, high = propose_thresholds(bins_truth or bins, max_low=max_low)
+    low, high = ramp_from_curve(bins, max_low=max_low)
     curve = ConfidenceCurve(
         tuple(bins),
         low,
@@ -191,7 +252,7 @@ def evaluate_sets(
         time.perf_counter() - t0,
         tuple(sources),
         tuple(bins_truth),
-        "ground_truth" if have_truth else "coarsened",
+        "coarsened",
     )
     by_set = []
     for k in range(len(sets)):
@@ -200,7 +261,7 @@ def evaluate_sets(
             {
                 "source": sources[k] if k < len(sources) else str(k),
                 "n_maps": int(sel.sum()),
-                "bins": [asdict(x) for x in bin_ratios(r[sel], a[sel], b[sel], edges)],
+                "bins": [asdict(x) for x in bin_ratios(r[sel], a[sel], b[sel], edges, amp[sel])],
                 "bins_truth": [
                     asdict(x) for x in bin_ratios(r[sel], ta[sel], tb[sel], edges)
                 ]
@@ -214,6 +275,9 @@ def evaluate_sets(
         "l2_ratio": l2s,
         "l1_ratio_truth": [v if np.isfinite(v) else None for v in t1s],
         "l2_ratio_truth": [v if np.isfinite(v) else None for v in t2s],
+        "amplitude": amps,
+        "pixel_size": pix,
+        "box": boxes,
         "set": which,
     }
     return curve, {"per_map": per_map, "by_set": by_set}
@@ -303,8 +367,10 @@ __all__ = [
     "CurveBin",
     "bin_ratios",
     "evaluate_sets",
+    "amplitude",
     "map_ratios",
     "plot_curve",
     "propose_thresholds",
+    "ramp_from_curve",
     "store_in_model",
 ]

@@ -19,8 +19,10 @@ index beside it (``.json``), both written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,13 +35,15 @@ from credgui.denoise.pairs import FSC_THRESHOLD, coarsened_truth, shell_radius
 from credgui.denoise.train import rotate_cube, sample_batch
 from credgui.errors import InputError
 
-SET_FORMAT = "credgui-intermediates/1"
+SET_FORMAT = "credgui-intermediates/2"
+SET_FORMAT_1 = "credgui-intermediates/1"
 UNREG_RE = re.compile(r"^run_it(\d{3})_half([12])_class(\d{3})_credgui_unreg\.mrc$")
 
 
 @dataclass(frozen=True)
 class Intermediate:
-    """One harvested map pair, before stacking."""
+    """One map pair, at the map's own sampling (box, box, box) float32: x~, its target x^ and
+    (optional) the ground truth on x~'s scale. ``pixel_size`` None: the set's ``voxel_size``."""
 
     job: str
     iteration: int
@@ -49,6 +53,8 @@ class Intermediate:
     input: np.ndarray
     target: np.ndarray
     truth: np.ndarray | None = None  # the ground truth on x~'s scale (not low-passed)
+    pixel_size: float | None = None  # A/px of these maps
+    extra: dict | None = None  # JSON-able per-map facts (what was drawn, the hook call)
 
 
 def read_fsc(model_star: str | Path) -> np.ndarray:
@@ -102,38 +108,6 @@ def fit_scale(x: np.ndarray, truth: np.ndarray, fsc: np.ndarray) -> float:
     return float(np.sum((fx * np.conj(ft)).real) / den) if den > 0 else 1.0
 
 
-def resample(
-    volume: np.ndarray, pixel_size: float, new_pixel_size: float
-) -> np.ndarray:
-    """Fourier crop/pad a cubic volume to the box nearest ``box * pixel / new_pixel`` (same
-    physical box, values kept); the voxel size becomes ``box * pixel / new_box`` (~new_pixel)."""
-    n = volume.shape[0]
-    m = round(n * pixel_size / new_pixel_size)
-    if m == n:
-        return volume.astype(np.float32)
-    f = np.fft.fftshift(np.fft.fftn(volume.astype(np.float64)))
-    out = np.zeros((m, m, m), complex)
-    k = min(n, m)
-    a0, b0 = n // 2 - k // 2, m // 2 - k // 2
-    out[b0 : b0 + k, b0 : b0 + k, b0 : b0 + k] = f[
-        a0 : a0 + k, a0 : a0 + k, a0 : a0 + k
-    ]
-    vol = np.fft.ifftn(np.fft.ifftshift(out)).real * (m**3 / n**3)
-    return vol.astype(np.float32)
-
-
-def fit_box(volume: np.ndarray, box: int) -> np.ndarray:
-    """Centre-crop, or pad by reflection, a cubic volume to ``box`` (centre voxel n//2 kept)."""
-    n = volume.shape[0]
-    if n == box:
-        return volume
-    if n > box:
-        s = n // 2 - box // 2
-        return np.ascontiguousarray(volume[s : s + box, s : s + box, s : s + box])
-    lo = box // 2 - n // 2
-    return np.pad(volume, [(lo, box - n - lo)] * 3, mode="reflect")
-
-
 def job_ground_truth(job_dir: Path) -> Path | None:
     """The ground truth recorded by ``credgui.jobs.launch_local`` in credgui_job.json, if any."""
     from credgui.jobs.launch import read_job_file
@@ -149,17 +123,12 @@ def job_ground_truth(job_dir: Path) -> Path | None:
     return None
 
 
-def iter_harvest(
-    job_dir: str | Path,
-    ground_truth: str | Path | None = None,
-    *,
-    voxel_size: float | None = None,
-    box: int | None = None,
-) -> Iterator[Intermediate]:
-    """Every ``run_itNNN_halfN_class001_credgui_unreg.mrc`` of a job with its coarsened truth.
+def iter_harvest(job_dir: str | Path, ground_truth: str | Path | None = None) -> Iterator[Intermediate]:
+    """Every ``run_itNNN_halfN_class001_credgui_unreg.mrc`` of a job with its coarsened truth,
+    at the job's own sampling (the hook's input; evaluation and training put it on the
+    network's grid with ``recon.update.to_network``, as the hook does).
 
-    Iterations without a model STAR (a run still going) are skipped. voxel_size/box: resample
-    and crop/pad both maps (None: keep the job's).
+    Iterations without a model STAR (a run still going) are skipped.
     """
     from credgui.relion.mrc import read_mrc, read_voxel_size
 
@@ -186,9 +155,7 @@ def iter_harvest(
             continue
         x = read_mrc(path)
         pixel = read_voxel_size(path)
-        if (
-            not pixel > 0
-        ):  # a header without a voxel size: the model STAR's rlnPixelSize
+        if not pixel > 0:  # a header without a voxel size: the model STAR's rlnPixelSize
             pixel = model_pixel_size(star)
         if truth is None:
             truth = read_mrc(gt_path, expect_shape=x.shape)
@@ -197,154 +164,202 @@ def iter_harvest(
         target = coarsened_truth(truth, fsc, a)
         res = fsc_resolution(fsc, x.shape[0], pixel)
         scaled = (a * truth).astype(np.float32)
-        if voxel_size is not None and abs(voxel_size - pixel) > 1e-4:
-            x, target, scaled = (
-                resample(v, pixel, voxel_size) for v in (x, target, scaled)
-            )
-        if box is not None:
-            x, target, scaled = (fit_box(v, box) for v in (x, target, scaled))
         yield Intermediate(
-            str(job), it, half, res, a, x.astype(np.float32), target, scaled
+            str(job), it, half, res, a, x.astype(np.float32), target, scaled, float(pixel),
+            {"unreg": path.name},
         )
+
+
+@contextlib.contextmanager
+def _replace_atomic(path: Path) -> Iterator[str]:
+    """A fresh temporary name (mkstemp, in path's folder) to write, renamed onto ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def save_intermediates(
     path: str | Path,
     items: Sequence[Intermediate],
-    voxel_size: float,
+    voxel_size: float | None = None,
     meta: dict | None = None,
 ) -> Path:
-    """Write a harvested set (npz + JSON index beside it), atomically."""
+    """Write a set (format 2: every map at its own box and pixel size; npz + JSON index
+    beside it), atomically. ``voxel_size``: the pixel size of items that give none."""
     path = Path(path)
     if not items:
         raise InputError(path, "no intermediate maps to save")
+    pixels = [it.pixel_size if it.pixel_size is not None else voxel_size for it in items]
+    if any(p is None or not p > 0 for p in pixels):
+        raise InputError(path, "every map needs a pixel size (give voxel_size)")
     jobs = sorted({it.job for it in items})
     rows = [
-        {
-            "job": it.job,
-            "iteration": it.iteration,
-            "half": it.half,
-            "resolution": it.resolution,
-            "scale": it.scale,
-        }
-        for it in items
+        {"job": it.job, "iteration": it.iteration, "half": it.half, "resolution": it.resolution,
+         "scale": it.scale, "pixel_size": p, "box": int(it.input.shape[0]), **(it.extra or {})}
+        for it, p in zip(items, pixels, strict=True)
     ]
-    full = {
-        "format": SET_FORMAT,
-        "voxel_size": voxel_size,
-        "jobs": jobs,
-        **(meta or {}),
-    }
+    full = {"format": SET_FORMAT, "jobs": jobs, **(meta or {})}
+    arrays: dict[str, np.ndarray] = {}
+    for i, it in enumerate(items):
+        if it.input.shape != it.target.shape or it.input.ndim != 3:
+            raise InputError(path, f"map {i}: input {it.input.shape} and target {it.target.shape} differ")
+        arrays[f"input_{i:06d}"] = np.asarray(it.input, np.float32)
+        arrays[f"target_{i:06d}"] = np.asarray(it.target, np.float32)
+        if it.truth is not None:
+            arrays[f"truth_{i:06d}"] = np.asarray(it.truth, np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez(
-            tmp,
-            inputs=np.stack([it.input for it in items]),
-            targets=np.stack([it.target for it in items]),
-            **(
-                {"truths": np.stack([it.truth for it in items])}
-                if all(it.truth is not None for it in items)
-                else {}
-            ),
-            resolution=np.array([it.resolution for it in items]),
-            iteration=np.array([it.iteration for it in items]),
-            half=np.array([it.half for it in items]),
-            scale=np.array([it.scale for it in items]),
-            job=np.array([jobs.index(it.job) for it in items]),
-            voxel_size=np.float64(voxel_size),
-            meta=np.array(json.dumps(full)),
-        )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    index = path.with_suffix(".json")
-    tmpj = index.with_name(f".{index.name}.{os.getpid()}.tmp")
-    tmpj.write_text(json.dumps({**full, "maps": rows}, indent=1))
-    os.replace(tmpj, index)
+    with _replace_atomic(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh, **arrays,
+                resolution=np.array([it.resolution for it in items], np.float64),
+                pixel_size=np.array(pixels, np.float64),
+                meta=np.array(json.dumps({**full, "maps": rows})),
+            )
+    with _replace_atomic(path.with_suffix(".json")) as tmp:
+        Path(tmp).write_text(json.dumps({**full, "maps": rows}, indent=1))
     return path
 
 
 @dataclass(frozen=True)
 class IntermediateSet:
-    inputs: np.ndarray
-    targets: np.ndarray
+    """Map pairs at their own sampling: ``inputs[i]`` x~ (box_i^3), ``targets[i]`` x^,
+    ``truths[i]`` the ground truth on x~'s scale (or None), ``pixel_size[i]`` A/px,
+    ``resolution[i]`` nominal A; ``rows`` the per-map index (job, iteration, half, draws)."""
+
+    inputs: list[np.ndarray]
+    targets: list[np.ndarray]
     resolution: np.ndarray
-    voxel_size: float
+    pixel_size: np.ndarray
     meta: dict
-    truths: np.ndarray | None = (
-        None  # ground truth on x~'s scale, when the set holds it
-    )
+    truths: list[np.ndarray] | None = None
+    rows: tuple[dict, ...] = ()
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return len(self.inputs)
+
+    def items(self) -> list[Intermediate]:
+        """Back to items (to extend a set and save it again)."""
+        rows = self.rows or tuple({} for _ in self.inputs)
+        keep = {"job", "iteration", "half", "resolution", "scale", "pixel_size", "box"}
+        return [
+            Intermediate(str(r.get("job", "")), int(r.get("iteration", 0)), int(r.get("half", 0)),
+                         float(self.resolution[i]), float(r.get("scale", 1.0)), self.inputs[i], self.targets[i],
+                         self.truths[i] if self.truths is not None else None, float(self.pixel_size[i]),
+                         {k: v for k, v in r.items() if k not in keep})
+            for i, r in enumerate(rows)
+        ]
 
 
-def load_intermediates(path: str | Path) -> IntermediateSet:
-    """A set written by ``save_intermediates``; InputError naming the file otherwise."""
-    path = Path(path)
+def _load_one(path: Path) -> IntermediateSet:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            s = IntermediateSet(
-                z["inputs"].astype(np.float32, copy=False),
-                z["targets"].astype(np.float32, copy=False),
-                z["resolution"].astype(np.float64),
-                float(z["voxel_size"]),
-                meta,
-                z["truths"].astype(np.float32, copy=False)
-                if "truths" in z.files
-                else None,
-            )
+            if meta.get("format") == SET_FORMAT_1:  # stacked maps at one voxel size
+                inputs = list(z["inputs"].astype(np.float32, copy=False))
+                targets = list(z["targets"].astype(np.float32, copy=False))
+                truths = list(z["truths"].astype(np.float32)) if "truths" in z.files else None
+                res = z["resolution"].astype(np.float64)
+                pix = np.full(len(inputs), float(z["voxel_size"]))
+                rows = ()
+            else:
+                n = len(z["resolution"])
+                inputs = [z[f"input_{i:06d}"] for i in range(n)]
+                targets = [z[f"target_{i:06d}"] for i in range(n)]
+                has_truth = all(f"truth_{i:06d}" in z.files for i in range(n))
+                truths = [z[f"truth_{i:06d}"] for i in range(n)] if has_truth else None
+                res = z["resolution"].astype(np.float64)
+                pix = z["pixel_size"].astype(np.float64)
+                rows = tuple(meta.pop("maps", []))
     except FileNotFoundError:
         raise InputError(path, "intermediate set not found") from None
     except (OSError, KeyError, ValueError) as exc:
         raise InputError(
             path, f"not a credgui intermediate set ({' '.join(str(exc).split())[:160]})"
         ) from None
-    if meta.get("format") != SET_FORMAT:
-        raise InputError(
-            path, f"not a credgui intermediate set (format {meta.get('format')!r})"
+    if meta.get("format") not in (SET_FORMAT, SET_FORMAT_1):
+        raise InputError(path, f"not a credgui intermediate set (format {meta.get('format')!r})")
+    return IntermediateSet(inputs, targets, res, pix, meta, truths, rows)
+
+
+def load_intermediates(path: str | Path) -> IntermediateSet:
+    """A set written by ``save_intermediates`` (format 1 or 2), or a folder of them (the shards
+    of ``credgui train-data reconstruct``), as one set; InputError naming the file otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        shards = sorted(path.glob("*.npz"))
+        if not shards:
+            raise InputError(path, "no intermediate sets (*.npz) in this folder")
+        sets = [_load_one(p) for p in shards]
+        have_truth = all(s.truths is not None for s in sets)
+        return IntermediateSet(
+            [a for s in sets for a in s.inputs], [a for s in sets for a in s.targets],
+            np.concatenate([s.resolution for s in sets]), np.concatenate([s.pixel_size for s in sets]),
+            {**sets[0].meta, "shards": [p.name for p in shards]},
+            [a for s in sets for a in s.truths] if have_truth else None,
+            tuple(r for s in sets for r in (s.rows or tuple({} for _ in s.inputs))),
         )
-    return s
+    return _load_one(path)
+
+
+def network_pair(
+    x: np.ndarray, target: np.ndarray, pixel_size: float, voxel_size: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x~, x^) on the network's grid exactly as the hook feeds it (``recon.update.to_network``:
+    resampled to ``voxel_size``, standardised by x~), float32."""
+    from credgui.recon.update import to_network
+
+    z, grid = to_network(x, pixel_size, voxel_size)
+    return z, grid.apply(target)
+
+
+def fit_training_box(z: np.ndarray, t: np.ndarray, box: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A training crop of ``box`` from a network-grid pair: a random window of a larger map; a
+    smaller one padded by reflection as inference pads it (``unet.pad_reflect``)."""
+    from credgui.denoise.unet import pad_reflect
+
+    n = z.shape[0]
+    if n < box:
+        z, _ = pad_reflect(z, (box,) * 3)
+        t, _ = pad_reflect(t, (box,) * 3)
+        return z, t
+    s = [int(rng.integers(0, n - box + 1)) for _ in range(3)]
+    sl = tuple(slice(a, a + box) for a in s)
+    return np.ascontiguousarray(z[sl]), np.ascontiguousarray(t[sl])
 
 
 class IntermediatePairs:
-    """Training pairs from harvested sets: a random map, one of the 24 cube rotations,
-    standardised by x~'s mean and std (as the denoiser does at inference)."""
+    """Training pairs from sets: each map put on the network's grid by the hook's path
+    (``network_pair``), one of the 24 cube rotations, a ``box`` crop (``fit_training_box``)."""
 
-    def __init__(self, sets: Sequence[IntermediateSet]) -> None:
+    def __init__(self, sets: Sequence[IntermediateSet], voxel_size: float | None = None, box: int | None = None) -> None:
         if not sets:
             raise ValueError("no intermediate sets")
-        vs = {round(s.voxel_size, 4) for s in sets}
-        boxes = {s.inputs.shape[1] for s in sets}
-        if len(vs) != 1 or len(boxes) != 1:
-            raise ValueError(
-                f"intermediate sets differ in voxel size {vs} or box {boxes}"
-            )
-        self.inputs = np.concatenate([s.inputs for s in sets])
-        self.targets = np.concatenate([s.targets for s in sets])
+        pix = np.concatenate([s.pixel_size for s in sets])
+        self.voxel_size = float(voxel_size if voxel_size else pix[0])
+        self.pairs = [
+            network_pair(x, y, float(p), self.voxel_size)
+            for s in sets for x, y, p in zip(s.inputs, s.targets, s.pixel_size, strict=True)
+        ]
         self.resolution = np.concatenate([s.resolution for s in sets])
-        self.voxel_size = float(sets[0].voxel_size)
-        self.box = int(self.inputs.shape[1])
+        self.box = int(box if box else max(z.shape[0] for z, _ in self.pairs))
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return len(self.pairs)
 
     def sample(
         self, rng: np.random.Generator, index: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, float]:
         i = int(rng.integers(len(self))) if index is None else int(index)
         k = int(rng.integers(24))
-        x = rotate_cube(self.inputs[i], k)
-        y = rotate_cube(self.targets[i], k)
-        mean, std = float(x.mean()), float(x.std()) or 1.0
-        return (
-            ((x - mean) / std).astype(np.float32),
-            ((y - mean) / std).astype(np.float32),
-            float(self.resolution[i]),
-        )
+        z, t = fit_training_box(*self.pairs[i], self.box, rng)
+        return (rotate_cube(z, k).astype(np.float32), rotate_cube(t, k).astype(np.float32),
+                float(self.resolution[i]))
 
     def batch(self, seed: int, step: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The mini-batch of ``step`` (deterministic in seed and step): (size, 1, box^3) x2."""
@@ -456,7 +471,8 @@ __all__ = [
     "iter_harvest",
     "load_intermediates",
     "read_fsc",
-    "resample",
+    "fit_training_box",
+    "network_pair",
     "run_refinements",
     "save_intermediates",
 ]

@@ -12,7 +12,7 @@ would throw away its negative half before any filter has seen it.
 Inference (``UNetDenoiser``): per-volume standardisation (subtract the mean, divide by the
 std) before the network and undone after (section 3.1); idempotent for the standardised map
 the hook hands in. Any box: the volume is padded to a multiple of 2**depth = 32 by
-reflection and cropped back (see ``_pad_reflect`` for why reflection, not zeros). Boxes
+reflection and cropped back (see ``pad_reflect`` for why reflection, not zeros). Boxes
 larger than ``max_box`` are cut into overlapping tiles blended with a raised-cosine
 (sin^2) window, so memory stays bounded on CPU.
 
@@ -181,7 +181,7 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return dev
 
 
-def _pad_reflect(
+def pad_reflect(
     volume: np.ndarray, target: tuple[int, ...]
 ) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Pad ``volume`` by reflection up to ``target`` (split evenly), return it and the crop back.
@@ -321,7 +321,7 @@ class UNetDenoiser:
 
     def _infer_whole(self, z: np.ndarray) -> np.ndarray:
         m = self.model.multiple
-        padded, crop = _pad_reflect(z, tuple(_round_up(s, m) for s in z.shape))
+        padded, crop = pad_reflect(z, tuple(_round_up(s, m) for s in z.shape))
         return np.ascontiguousarray(self._run(padded)[crop])
 
     def _infer_tiled(self, z: np.ndarray) -> np.ndarray:
@@ -332,7 +332,7 @@ class UNetDenoiser:
         tile, overlap = self.tile, self.overlap
         halo = overlap // 2
         target = tuple(max(s + 2 * halo, tile) for s in z.shape)
-        padded, crop = _pad_reflect(z, target)
+        padded, crop = pad_reflect(z, target)
         starts = [_tile_starts(n, tile, overlap) for n in padded.shape]
         tapers = [
             {s: _taper(tile, overlap, s > 0, s < n - tile) for s in axis_starts}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +44,46 @@ def nominal_resolution(
     f0, f1 = f[i - 1], f[i]
     shell = (i - 1) + (f0 - threshold) / (f0 - f1)
     return float(ori_size * pixel_size / shell)
+
+
+@dataclass(frozen=True)
+class DrivingResolution:
+    """The nominal resolution that drives lambda, and why (the hook logs every field).
+
+    resolution: A or None (lambda 0); fsc_resolution: the 0.143 crossing of the FSC RELION
+    handed over; relion_resolution: RELION's own current resolution (its latest model STAR);
+    source: "fsc", "relion", "first iteration" or "final map" or "unknown".
+    """
+
+    resolution: float | None
+    fsc_resolution: float | None
+    relion_resolution: float | None
+    source: str
+
+
+def driving_resolution(
+    fsc_resolution: float | None, relion_resolution: float | None, iteration: int | None, half: int | None,
+) -> DrivingResolution:
+    """The worse (coarser) of the FSC's crossing and RELION's current resolution, with two rules.
+
+    Why the worse one: the STAR's FSC can be optimistic (at iteration 1 both halves were aligned
+    against one initial reference, so their FSC is not independent: 9.7 A where RELION says
+    28 A in ``credgui demo``), and RELION's own number lags by an iteration; taking the coarser
+    keeps the prior off until both say the map is good enough. Rules: iteration 1 (and 0) gets
+    no resolution (lambda 0: no gold-standard FSC yet); the final joined map (half None) gets
+    none either (lambda 0: the map users validate and deposit stays prior-free, paper section 5).
+    Either number alone is used when the other is unknown.
+    """
+    if half is None:
+        return DrivingResolution(None, fsc_resolution, relion_resolution, "final map")
+    if iteration is not None and iteration <= 1:
+        return DrivingResolution(None, fsc_resolution, relion_resolution, "first iteration")
+    known = [(r, name) for r, name in ((fsc_resolution, "fsc"), (relion_resolution, "relion"))
+             if r is not None and math.isfinite(r) and r > 0]
+    if not known:
+        return DrivingResolution(None, fsc_resolution, relion_resolution, "unknown")
+    res, name = max(known)
+    return DrivingResolution(float(res), fsc_resolution, relion_resolution, name)
 
 
 def lambda_for_resolution(

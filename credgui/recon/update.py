@@ -13,6 +13,7 @@ denominator (K + tau^-2) is exactly RELION's and lambda = 0 reproduces RELION.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -98,12 +99,36 @@ def cwred_closed_form(
 Denoise = Callable[[np.ndarray], np.ndarray]
 
 
-def denoise_map(vol: np.ndarray, denoiser: Denoise, pixel_size: float | None, voxel_size: float | None) -> np.ndarray:
-    """f(x~) at the map's own sampling (section 3.1): resample to the denoiser's voxel size
-    (Fourier crop/pad, even box), standardise (zero mean, unit std), denoise, undo both.
+@dataclass(frozen=True)
+class NetworkGrid:
+    """How a map at its own sampling was put on the denoiser's grid (``to_network``), so that
+    ``from_network`` can undo it and other maps (a training target) can follow the same path.
 
-    Standardised after resampling, on the grid the network sees, so its input has unit std
-    (coarser sampling low-passes and lowers the std). (N, N, N) float32 in and out.
+    box: the map's box (voxels); net_box: the box on the network's grid (even, ``resampled_box``);
+    mean, std: x~'s statistics on the network grid (the standardisation, paper section 3.1).
+    """
+
+    box: int
+    net_box: int
+    mean: float
+    std: float
+
+    def apply(self, vol: np.ndarray) -> np.ndarray:
+        """Another map (e.g. the target x^ of x~) onto the same grid with x~'s standardisation."""
+        x = np.asarray(vol, dtype=np.float32)
+        if self.net_box != self.box:
+            x = resample_fourier(x, self.net_box)
+        return ((x - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32)
+
+
+def to_network(vol: np.ndarray, pixel_size: float | None, voxel_size: float | None) -> tuple[np.ndarray, NetworkGrid]:
+    """x~ (N, N, N) at ``pixel_size`` -> the standardised map the network sees, (M, M, M) at
+    ``voxel_size`` (Fourier crop/pad, even box), and the grid to undo it.
+
+    The one preprocessing path: the hook, training pairs, harvesting and evaluation all go
+    through it, so the network is trained and measured on exactly what it is fed in a refinement.
+    Standardised after resampling, on the grid the network sees (coarser sampling low-passes and
+    lowers the std). std = 0 (a constant map) gives std 1 so ``apply`` stays finite.
     """
     n = vol.shape[0]
     x = np.asarray(vol, dtype=np.float32)
@@ -114,13 +139,33 @@ def denoise_map(vol: np.ndarray, denoiser: Denoise, pixel_size: float | None, vo
     mean = float(x.mean(dtype=np.float64))
     std = float(x.std(dtype=np.float64))
     if not np.isfinite(std) or std <= 0:
-        return np.full_like(np.asarray(vol, dtype=np.float32), mean)
-    y = np.asarray(denoiser((x - np.float32(mean)) / np.float32(std)), dtype=np.float32)
-    if y.shape != x.shape:
-        raise ValueError(f"the denoiser returned shape {y.shape} for input {x.shape}")
+        std = 0.0
+    grid = NetworkGrid(n, box, mean, std if std > 0 else 1.0)
+    z = ((x - np.float32(mean)) / np.float32(grid.std)).astype(np.float32)
+    return (z if std > 0 else np.zeros_like(z)), grid
+
+
+def from_network(y: np.ndarray, grid: NetworkGrid) -> np.ndarray:
+    """The network's output back to the map's own units and sampling (inverse of ``to_network``)."""
+    y = np.asarray(y, dtype=np.float32) * np.float32(grid.std) + np.float32(grid.mean)
+    if grid.net_box != grid.box:
+        y = resample_fourier(y, grid.box)
+    return y.astype(np.float32)
+
+
+def denoise_map(vol: np.ndarray, denoiser: Denoise, pixel_size: float | None, voxel_size: float | None) -> np.ndarray:
+    """f(x~) at the map's own sampling (section 3.1): ``to_network`` (resample to the
+    denoiser's voxel size, standardise), denoise, ``from_network``. (N, N, N) float32 in and out.
+
+    A constant map (std 0) is returned as its mean: nothing to denoise.
+    """
+    z, grid = to_network(vol, pixel_size, voxel_size)
+    x = np.asarray(vol, dtype=np.float32)
+    if not float(x.std(dtype=np.float64)) > 0 or not np.any(z):
+        return np.full_like(x, float(x.mean(dtype=np.float64)))
+    y = np.asarray(denoiser(z), dtype=np.float32)
+    if y.shape != z.shape:
+        raise ValueError(f"the denoiser returned shape {y.shape} for input {z.shape}")
     if not np.isfinite(y).all():
         raise ValueError("the denoiser returned NaN or infinite values")
-    y = y * np.float32(std) + np.float32(mean)
-    if box != n:
-        y = resample_fourier(y, n)
-    return y.astype(np.float32)
+    return from_network(y, grid)

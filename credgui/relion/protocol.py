@@ -214,3 +214,25 @@ def find_pixel_size(call: ExternalReconstructCall) -> tuple[float, Path] | None:
         if value > 0:
             return value, path
     return None
+
+
+def find_relion_resolution(call: ExternalReconstructCall) -> tuple[float, Path] | None:
+    """(RELION's current resolution in A, the model STAR it came from) for ``call``, or None.
+
+    ``_rlnCurrentResolution`` of the newest ``*_model.star`` of an iteration before the call's
+    (RELION writes iteration N-1's model before iteration N's M-step): the resolution RELION
+    itself is working at, which sets its current image size and is what it reports.
+    """
+    job, it = call.job_dir, call.iteration
+    for path in _latest(job, "*_model.star"):
+        m = _IT_RE.search(path.name)
+        if it is not None and m is not None and int(m[1]) >= it:
+            continue
+        try:
+            value = float(read_star(path).get("model_general", {})["rlnCurrentResolution"][0])
+        except (InputError, KeyError, ValueError, IndexError, OSError):
+            continue
+        if value > 0:
+            return value, path
+    return None
+

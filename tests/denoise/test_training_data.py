@@ -104,14 +104,37 @@ def test_harvest_round_trip_and_scale_fit(tmp_path):
     path = save_intermediates(tmp_path / "set.npz", items, 2.0, {"kind": "test"})
     s = load_intermediates(path)
     assert (
-        len(s) == 4 and s.voxel_size == 2.0 and sorted(set(s.resolution)) == [4.0, 9.0]
+        len(s) == 4 and set(s.pixel_size) == {2.0} and sorted(set(s.resolution)) == [4.0, 9.0]
     )
+    assert all(np.array_equal(a.input, b) for a, b in zip(items, s.inputs, strict=True))
     index = json.loads((tmp_path / "set.json").read_text())
     assert len(index["maps"]) == 4 and index["kind"] == "test"
     x0, _ = IntermediatePairs([s]).batch(0, 0, 3)
     assert x0.shape == (3, 1, 32, 32, 32) and torch.allclose(
         x0.mean(dim=(2, 3, 4)), torch.zeros(3, 1), atol=1e-4
     )
+
+
+def test_training_pairs_see_what_the_hook_feeds_the_network(tmp_path):
+    """A map at 3 A/px, box 24, in a set: its training input is exactly the hook's
+    ``to_network`` of it (resampled to the 2 A grid, 36 voxels, standardised), and the target
+    follows x~'s resampling and standardisation; training takes 32-voxel crops of it."""
+    from credgui.denoise.harvest import Intermediate, network_pair
+    from credgui.recon.update import to_network
+
+    rng = np.random.default_rng(3)
+    gt = _blobs(24)
+    x = (2.0 * gt + rng.normal(0, 0.3, gt.shape)).astype(np.float32)
+    y = (1.5 * gt).astype(np.float32)
+    save_intermediates(tmp_path / "s.npz", [Intermediate("j", 2, 1, 9.0, 2.0, x, y, None, 3.0)])
+    s = load_intermediates(tmp_path / "s.npz")
+    z, t = network_pair(s.inputs[0], s.targets[0], float(s.pixel_size[0]), 2.0)
+    hz, grid = to_network(x, 3.0, 2.0)
+    assert z.shape == (36, 36, 36) and np.array_equal(z, hz)
+    assert np.allclose(t, grid.apply(y)) and abs(float(z.mean())) < 1e-5 and abs(float(z.std()) - 1) < 1e-4
+    pairs = IntermediatePairs([s], voxel_size=2.0, box=32)
+    xb, yb = pairs.batch(0, 0, 2)
+    assert xb.shape == yb.shape == (2, 1, 32, 32, 32)
 
 
 def test_resolution_pairs_training_falls_and_resumes_exactly_with_validation(tmp_path):
@@ -224,9 +247,57 @@ def test_train_data_harvests_a_real_refinement(tiny_refine_job, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     s = load_intermediates(tmp_path / "r.npz")
-    assert len(s) == len(items) and s.inputs.shape == s.targets.shape == s.truths.shape
+    assert len(s) == len(items)
+    assert all(a.shape == b.shape == c.shape == (40, 40, 40) for a, b, c in zip(s.inputs, s.targets, s.truths,
+                                                                               strict=True))
+    assert set(s.pixel_size) == {3.5}  # the job's own sampling: the network grid is the hook's business
     # x~ is the scaled truth plus noise: it correlates with the truth at low resolution
     assert fsc(s.inputs[-1], s.truths[-1])[1:4].min() > 0.5
+
+
+@pytest.mark.relion
+def test_evaluate_denoiser_reports_the_ratio_of_the_maps_the_hook_wrote(tiny_refine_job, tmp_path):
+    """One path: a real hook call re-run with a U-Net (3.5 A/px data, a 2.8 A model: resampled
+    40 -> 50 and back), harvested, and evaluated: the ratio evaluate-denoiser reports for that
+    call equals ||f(x~) - x^|| / ||x~ - x^|| computed from the hook's own two maps."""
+    import os
+
+    from credgui.denoise.evaluate import map_ratios
+    from credgui.jobs.launch import hook_executable
+    from credgui.relion.mrc import read_mrc
+    from tests.fixtures.relion import copy_job
+
+    project = tmp_path / "project"
+    for f in Path(tiny_refine_job).parent.parent.iterdir():
+        if f.is_file() or f.is_symlink():
+            (project).mkdir(exist_ok=True)
+            os.symlink(f.resolve(), project / f.name)
+    job = copy_job(Path(tiny_refine_job), project)
+    torch.manual_seed(1)
+    weights = save_model(tmp_path / "m.pt", UNet3D(channels=2, depth=2).eval(), {"voxel_size": 2.8, "box": 32})
+    (job / "credgui.toml").write_text(f'denoiser = "unet"\nweights = "{weights}"\ndevice = "cpu"\n')
+    star = sorted(job.glob("run_it*_half1_class001_external_reconstruct.star"))[-1]
+    proc = subprocess.run([hook_executable(), str(star.relative_to(project))], cwd=project, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    root = star.name[: -len("_external_reconstruct.star")]
+    unreg, denoised = read_mrc(job / f"{root}_credgui_unreg.mrc"), read_mrc(job / f"{root}_credgui_denoised.mrc")
+    gt = Path(tiny_refine_job).parent.parent / "ground_truth.mrc"
+    items = list(iter_harvest(job, gt))
+    k = next(i for i, it in enumerate(items) if it.extra["unreg"] == f"{root}_credgui_unreg.mrc")
+    assert np.array_equal(items[k].input, unreg)
+    expected = map_ratios(denoised, unreg, items[k].target)[1]
+    out = subprocess.run(
+        CLI + ["train-data", "relion", str(job), "--ground-truth", str(gt), "--out", str(tmp_path / "s.npz")],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    out = subprocess.run(CLI + ["evaluate-denoiser", str(weights), "--sets", str(tmp_path / "s.npz"), "--no-store",
+                                "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "ev.eval.json").read_text())
+    assert report["per_map"]["box"][k] == 40 and report["per_map"]["pixel_size"][k] == 3.5
+    assert report["per_map"]["l2_ratio"][k] == pytest.approx(expected, rel=1e-5)
 
 
 def test_shipped_model_denoises_a_held_out_family(demo_structure):

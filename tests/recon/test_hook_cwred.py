@@ -87,7 +87,13 @@ def test_cwred_call_on_a_real_relion_star(tiny_refine_job, tmp_path):
     rec = _records(job)[-1]
     resolution = nominal_resolution(call.fsc, 3.5, 40)
     assert rec["status"] == "ok" and rec["denoiser"] == "test-scale" and rec["pixel_size"] == 3.5
-    assert rec["nominal_resolution"] == pytest.approx(resolution)
+    # lambda follows the worse of the STAR's FSC crossing and RELION's own current resolution
+    assert rec["fsc_resolution"] == pytest.approx(resolution)
+    relion_res = float(read_star(job / f"run_it{call.iteration - 1:03d}_half1_model.star")["model_general"][
+        "rlnCurrentResolution"][0])
+    assert rec["relion_resolution"] == pytest.approx(relion_res)
+    assert rec["nominal_resolution"] == pytest.approx(max(resolution, relion_res))
+    assert rec["resolution_source"] == ("fsc" if resolution >= relion_res else "relion")
     assert rec["lambda"] == pytest.approx(0.8) and rec["worker"] is False
     assert set(rec["timings"]) == {"read", "unreg", "denoise", "update", "gridding", "write", "total"}
     # the same call with lambda = 0 (denoiser none) differs: the denoiser term entered the update
@@ -192,3 +198,24 @@ def test_corrupt_input_exits_non_zero_naming_the_file(synthetic_job, tmp_path, w
     assert not call.result.exists()
     assert not list(job.glob(".*.tmp"))
     assert _records(job)[-1]["status"] == "error"
+
+
+@pytest.mark.parametrize("root, source", [("run_it001_half1_class001", "first iteration"),
+                                          ("run_it007_class001", "final map")])
+def test_no_prior_at_iteration_1_nor_on_the_final_joined_map(tmp_path, root, source):
+    """A ramp that would give lambda 1 at this FSC (8 A): still 0 at iteration 1 and on the
+    joined final map; f(x~) is written for inspection, the result equals RELION's prior alone."""
+    job = tmp_path / "job"
+    star = write_inputs(job, make_arrays(24, 2.0, current=20), root=root)
+    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\n')
+    assert _run_hook(star, tmp_path).returncode == 0
+    plain = mrcfile.read(read_call(star).result)
+    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "test-scale"\nlambda_low_res = 50.0\n'
+                                      "lambda_high_res = 20.0\n[denoiser_options]\nscale = 0.5\n")
+    proc = _run_hook(star, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rec = _records(job)[-1]
+    assert rec["lambda"] == 0.0 and rec["nominal_resolution"] is None and rec["resolution_source"] == source
+    assert rec["fsc_resolution"] == pytest.approx(nominal_resolution(read_call(star).fsc, 2.0, 24))
+    assert np.array_equal(mrcfile.read(read_call(star).result), plain)
+    assert read_call(star).output_path("credgui_denoised.mrc").is_file()

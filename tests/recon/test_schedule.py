@@ -63,3 +63,21 @@ def test_thresholds_prefer_config_then_model_then_paper():
     assert ramp_thresholds(None, None, 9.0, 3.0) == (9.0, 3.0)
     assert ramp_thresholds(None, None, None, None) == (10.0, 4.5)
     assert ramp_thresholds(None, 6.0, 9.0, None) == (9.0, 6.0)
+
+
+def test_driving_resolution_takes_the_worse_and_keeps_the_prior_off_at_iteration_1_and_the_final_map():
+    from credgui.recon.schedule import driving_resolution
+
+    d = driving_resolution(9.7, 28.2, iteration=5, half=1)
+    assert d.resolution == 28.2 and d.source == "relion" and d.fsc_resolution == 9.7
+    d = driving_resolution(12.0, 8.0, iteration=5, half=2)
+    assert d.resolution == 12.0 and d.source == "fsc"
+    assert driving_resolution(None, 8.0, 3, 1).resolution == 8.0
+    assert driving_resolution(9.7, None, 3, 1).source == "fsc"
+    assert driving_resolution(None, None, 3, 1).resolution is None
+    # no gold-standard FSC at iteration 1; the joined final map stays prior-free
+    first = driving_resolution(5.0, 5.0, iteration=1, half=1)
+    final = driving_resolution(5.0, 5.0, iteration=12, half=None)
+    assert first.resolution is None and first.source == "first iteration"
+    assert final.resolution is None and final.source == "final map"
+    assert lambda_for_resolution(first.resolution, 16.0, 5.0) == 0.0
