@@ -249,9 +249,11 @@ class MonitorWidget(QWidget):
             durations = [d for d in _state.iteration_durations(its) if d]
             self.fields["per_iter"].setText(_state.format_duration(durations[-1]) if durations else "-")
             lam = _state.mean_lambda(last)
-            nom = _state.nominal_resolution(last)
-            self.fields["lambda"].setText(
-                "-" if lam is None else f"{lam:.3f} at nominal {nom:.2f} Å" if nom else f"{lam:.3f}"
+            recs = _state.hook_records(last)
+            self.fields["lambda"].setText("-" if lam is None else f"{lam:.3f}, " + driving_text(recs[-1] if recs else {}))
+            self.fields["lambda"].setToolTip(
+                "lambda follows the worse (coarser) of the 0.143 crossing of the FSC RELION hands the hook and "
+                "RELION's own current resolution; 0 at iteration 1 and on the final joined map"
             )
         self.fields["elapsed"].setText(_state.format_duration(_state.state_elapsed(state)))
         self.fields["remaining"].setText(
@@ -491,3 +493,22 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+def driving_text(rec: dict) -> str:
+    """What drove lambda at a hook call, short (the hook log's ``resolution_source`` fields)."""
+    source = rec.get("resolution_source")
+    if source == "first iteration":
+        return "iteration 1: no gold-standard FSC yet"
+    if source == "final map":
+        return "final map: kept prior-free"
+    nom = rec.get("nominal_resolution")
+    if not nom:
+        return "no resolution known"
+    other = {"fsc": ("RELION", rec.get("relion_resolution")), "relion": ("FSC", rec.get("fsc_resolution"))}.get(
+        source, (None, None))
+    text = f"nominal {float(nom):.2f} Å ({'RELION' if source == 'relion' else 'FSC 0.143'})"
+    if other[1]:
+        text += f", {other[0]} {float(other[1]):.2f} Å"
+    return text
+

@@ -45,6 +45,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--max-low", type=float, metavar="A",
+        help="clip lambda_low_res to this (default: the worst resolution the model was trained on)",
+    )
+    parser.add_argument(
         "--no-store",
         action="store_true",
         help="do not write the thresholds into the weights file",
@@ -104,6 +108,8 @@ def main(args: argparse.Namespace) -> int:
     ).get("extra") or {}
     train_range = extra.get("resolution_range")
     max_low = float(max(train_range)) if train_range else None
+    if args.max_low is not None:
+        max_low = float(args.max_low)
     curve, details = evaluate_sets(den, sets, sources=sources, max_low=max_low,
                                    voxel_size=den.info.voxel_size)
     prefix = Path(args.out) if args.out else Path(args.model).with_suffix("")

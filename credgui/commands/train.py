@@ -288,11 +288,12 @@ def _pair_sources(args: argparse.Namespace):
         from credgui.denoise.harvest import IntermediatePairs, load_intermediates
 
         voxel = args.voxel_size or (parts[0].voxel_size if parts else None) or _init_voxel_size(args)
-        sets = [load_intermediates(p) for p in args.intermediates]
+        sets = [load_intermediates(p, with_truths=False) for p in args.intermediates]
         inter = IntermediatePairs(sets, voxel, args.box)
         meta["intermediates"] = {"paths": [str(p) for p in args.intermediates], "maps": len(inter)}
         if args.val_intermediates:
-            val = IntermediatePairs([load_intermediates(p) for p in args.val_intermediates], inter.voxel_size,
+            val = IntermediatePairs([load_intermediates(p, with_truths=False) for p in args.val_intermediates],
+                                    inter.voxel_size,
                                     args.box)
             meta["val_intermediates"] = {"paths": [str(p) for p in args.val_intermediates], "maps": len(val)}
         if parts:

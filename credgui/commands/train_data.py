@@ -117,6 +117,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     rec.add_argument("--max-box", type=int, default=112)
     rec.add_argument("--pixel-size", type=float, nargs=2, default=(1.0, 2.6), metavar=("LO", "HI"))
     rec.add_argument("--snr", type=float, nargs=2, default=(0.005, 0.3), metavar=("LO", "HI"))
+    rec.add_argument("--angle-error", type=float, nargs=2, default=(0.3, 12.0), metavar=("LO", "HI"),
+                     help="sigma of the pose error (deg), log-uniform")
+    rec.add_argument("--outliers", type=float, nargs=2, default=(0.0, 0.35), metavar=("LO", "HI"),
+                     help="fraction of particles at random orientations")
     rec.add_argument("--seed", type=int, default=0)
 
 
@@ -149,7 +153,8 @@ def _reconstruct(args: argparse.Namespace) -> int:
     order = np.random.default_rng(args.seed).permutation(len(models))
     models = [models[i] for i in order]
     settings = ReconSettings(pairs_per_stack=args.pairs_per_stack, max_box=args.max_box,
-                             pixel_size=tuple(args.pixel_size), snr=tuple(args.snr))
+                             pixel_size=tuple(args.pixel_size), snr=tuple(args.snr),
+                             angle_error=tuple(args.angle_error), outliers=tuple(args.outliers))
     meta = {"kind": "reconstruct", "split": args.split, "families": sorted(set(families.values())),
             "models": sorted(model_stem(m) for m in models)}
     last = None

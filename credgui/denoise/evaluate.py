@@ -216,6 +216,7 @@ def evaluate_sets(
 
     t0 = time.perf_counter()
     res, l1s, l2s, which, t1s, t2s, amps, pix, boxes = [], [], [], [], [], [], [], [], []
+    amps_in: list[float] = []
     for k, s in enumerate(sets):
         truths = getattr(s, "truths", None)
         for i in range(len(s)):
@@ -231,6 +232,7 @@ def evaluate_sets(
             t1s.append(float(t1))
             t2s.append(float(t2))
             amps.append(amplitude(fx, y))
+            amps_in.append(amplitude(fx, y) / amplitude(x, y))
             pix.append(float(s.pixel_size[i]))
             boxes.append(int(x.shape[0]))
             which.append(k)
@@ -276,6 +278,7 @@ def evaluate_sets(
         "l1_ratio_truth": [v if np.isfinite(v) else None for v in t1s],
         "l2_ratio_truth": [v if np.isfinite(v) else None for v in t2s],
         "amplitude": amps,
+        "amplitude_vs_input": amps_in,  # <f, x^> / <x~, x^>: f's scale relative to x~'s (issue 10's measure)
         "pixel_size": pix,
         "box": boxes,
         "set": which,

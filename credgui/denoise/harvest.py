@@ -256,14 +256,14 @@ class IntermediateSet:
         ]
 
 
-def _load_one(path: Path) -> IntermediateSet:
+def _load_one(path: Path, with_truths: bool = True) -> IntermediateSet:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") == SET_FORMAT_1:  # stacked maps at one voxel size
                 inputs = list(z["inputs"].astype(np.float32, copy=False))
                 targets = list(z["targets"].astype(np.float32, copy=False))
-                truths = list(z["truths"].astype(np.float32)) if "truths" in z.files else None
+                truths = list(z["truths"].astype(np.float32)) if with_truths and "truths" in z.files else None
                 res = z["resolution"].astype(np.float64)
                 pix = np.full(len(inputs), float(z["voxel_size"]))
                 rows = ()
@@ -271,7 +271,7 @@ def _load_one(path: Path) -> IntermediateSet:
                 n = len(z["resolution"])
                 inputs = [z[f"input_{i:06d}"] for i in range(n)]
                 targets = [z[f"target_{i:06d}"] for i in range(n)]
-                has_truth = all(f"truth_{i:06d}" in z.files for i in range(n))
+                has_truth = with_truths and all(f"truth_{i:06d}" in z.files for i in range(n))
                 truths = [z[f"truth_{i:06d}"] for i in range(n)] if has_truth else None
                 res = z["resolution"].astype(np.float64)
                 pix = z["pixel_size"].astype(np.float64)
@@ -287,15 +287,16 @@ def _load_one(path: Path) -> IntermediateSet:
     return IntermediateSet(inputs, targets, res, pix, meta, truths, rows)
 
 
-def load_intermediates(path: str | Path) -> IntermediateSet:
+def load_intermediates(path: str | Path, with_truths: bool = True) -> IntermediateSet:
     """A set written by ``save_intermediates`` (format 1 or 2), or a folder of them (the shards
-    of ``credgui train-data reconstruct``), as one set; InputError naming the file otherwise."""
+    of ``credgui train-data reconstruct``), as one set; InputError naming the file otherwise.
+    ``with_truths`` False leaves the ground truths on disk (training needs only x~ and x^)."""
     path = Path(path)
     if path.is_dir():
         shards = sorted(path.glob("*.npz"))
         if not shards:
             raise InputError(path, "no intermediate sets (*.npz) in this folder")
-        sets = [_load_one(p) for p in shards]
+        sets = [_load_one(p, with_truths) for p in shards]
         have_truth = all(s.truths is not None for s in sets)
         return IntermediateSet(
             [a for s in sets for a in s.inputs], [a for s in sets for a in s.targets],
@@ -304,7 +305,7 @@ def load_intermediates(path: str | Path) -> IntermediateSet:
             [a for s in sets for a in s.truths] if have_truth else None,
             tuple(r for s in sets for r in (s.rows or tuple({} for _ in s.inputs))),
         )
-    return _load_one(path)
+    return _load_one(path, with_truths)
 
 
 def network_pair(

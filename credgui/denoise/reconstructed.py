@@ -180,10 +180,11 @@ def iter_stack_pairs(
     pixel = _loguniform(rng, *st.pixel_size)
     diameter = 2.0 * float(info.max_radius) + 10.0
     box = int(2 * round(diameter * rng.uniform(*st.box_factor) / pixel / 2))
+    fit = int(2 * math.ceil(float(info.max_radius) / pixel + 5))  # simulate's wrap-round margin
+    box = max(box, fit, st.min_box)
     if box > st.max_box:  # a coarser pixel keeps the physical box
         pixel *= box / st.max_box
         box = st.max_box
-    box = max(st.min_box, box)
     snr = _loguniform(rng, *st.snr)
     work_root = Path(work_dir)
     work_root.mkdir(parents=True, exist_ok=True)

@@ -194,6 +194,21 @@ def test_thresholds_follow_the_curve():
     assert propose_thresholds([b(5, 1.0), b(10, 1.02)]) == (None, None)
 
 
+def test_ramp_switches_the_prior_on_only_where_every_map_was_helped():
+    from credgui.denoise.evaluate import ramp_from_curve
+
+    def b(lo, hi, mean, worst):
+        return CurveBin(lo, hi, (lo + hi) / 2, 10, mean, mean, 0.1, worst)
+
+    bins = [b(4, 5, 0.3, 0.5), b(5, 6, 0.25, 0.45), b(6, 8, 0.4, 0.7), b(8, 10, 0.6, 0.85),
+            b(10, 12, 0.8, 1.05), b(12, 15, 0.5, 0.7)]
+    # the 10-12 A bin has a map made worse: lambda must be 0 from 10 A on, although 12-15 A helps
+    low, high = ramp_from_curve(bins)
+    assert low == 10 and high == 5.5
+    assert ramp_from_curve(bins, max_low=9.0)[0] == 9.0
+    assert ramp_from_curve([b(4, 5, 0.95, 1.2)]) == (None, None)
+
+
 def test_evaluate_denoiser_cli_writes_curve_and_stores_thresholds(tmp_path):
     torch.manual_seed(0)
     weights = save_model(
@@ -359,3 +374,28 @@ def test_cli_trains_from_a_library_with_validation_loss(tmp_path):
     assert den.info.voxel_size == 2.0 and den.info.box == 32
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["config"]["extra"]["sources"]["val_library"]["families"] == ["fam2"]
+
+
+@pytest.mark.relion
+def test_relion_reconstruct_pairs_are_relion_maps_band_limited_like_auto_refine(demo_structure, tmp_path):
+    """One stack, one pair of halves through real relion_reconstruct: x~ on the truth's scale,
+    nothing beyond RELION's current size at the pair's resolution, target = a FSC truth."""
+    from credgui.denoise.reconstructed import ReconSettings, iter_stack_pairs, relion_current_size
+    from credgui.metrics.fsc import shell_index
+
+    st = ReconSettings(pixel_size=(3.0, 3.0), box_factor=(1.5, 1.5), min_box=32, max_box=48, particles=600,
+                       subset=(600, 600), snr=(0.2, 0.2), angle_error=(1.0, 1.0), outliers=(0.0, 0.0),
+                       shift_error=(0.0, 0.0), pairs_per_stack=1, max_resolution=80.0)
+    pairs = list(iter_stack_pairs(demo_structure, tmp_path, 7, st))
+    assert [p.half for p in pairs] == [1, 2]
+    assert not any(tmp_path.iterdir())  # RELION's files are cleaned up
+    for p in pairs:
+        box = p.input.shape[0]
+        assert p.target.shape == p.truth.shape == (box,) * 3 and p.pixel_size > 0
+        assert 2 * p.pixel_size <= p.resolution < 40 and 0.3 < p.scale < 3
+        cur = relion_current_size(p.resolution, box, p.pixel_size)
+        assert p.draws["current_size"] == cur
+        spec = np.abs(np.fft.rfftn(np.fft.ifftshift(p.input)))
+        if cur < box:
+            assert spec[shell_index(p.input.shape) > cur // 2 + 1].max() < 1e-3 * spec.max()
+        assert fsc(p.input, p.truth)[1:4].min() > 0.5
