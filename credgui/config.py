@@ -125,9 +125,6 @@ def write_config(path: str | Path, config: HookConfig) -> None:
     """Validate and write ``config`` atomically (temp file + rename)."""
     path = Path(path)
     config.validate(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(tomli_w.dumps(config_to_dict(config)).encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_text_atomic
+
+    write_text_atomic(path, tomli_w.dumps(config_to_dict(config)))

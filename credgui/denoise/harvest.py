@@ -236,10 +236,11 @@ def save_intermediates(
         **(meta or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
+    from credgui._io import atomic_open, write_text_atomic
+
+    with atomic_open(path) as fh:
         np.savez(
-            tmp,
+            fh,
             inputs=np.stack([it.input for it in items]),
             targets=np.stack([it.target for it in items]),
             **(
@@ -255,14 +256,7 @@ def save_intermediates(
             voxel_size=np.float64(voxel_size),
             meta=np.array(json.dumps(full)),
         )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    index = path.with_suffix(".json")
-    tmpj = index.with_name(f".{index.name}.{os.getpid()}.tmp")
-    tmpj.write_text(json.dumps({**full, "maps": rows}, indent=1))
-    os.replace(tmpj, index)
+    write_text_atomic(path.with_suffix(".json"), json.dumps({**full, "maps": rows}, indent=1))
     return path
 
 

@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from credgui._io import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
@@ -546,9 +548,7 @@ def serve(
         os.umask(umask)
     server.listen(16)
     pid_file = pid_path(sock_path)
-    tmp = pid_file.with_name(f".{pid_file.name}.tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, pid_file)
+    write_text_atomic(pid_file, f"{os.getpid()}\n")
 
     def _terminate(signum: int, _frame: Any) -> None:
         raise _Stop(signal.Signals(signum).name)

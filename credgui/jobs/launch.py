@@ -441,13 +441,9 @@ def read_job_file(job_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _write_job_file(job_dir: Path, data: Mapping[str, Any]) -> None:
-    path = job_dir / JOB_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_json_atomic
+
+    write_json_atomic(job_dir / JOB_FILE, dict(data), sort_keys=True, allow_nan=True)
 
 
 def _file_size(path: Path) -> int:

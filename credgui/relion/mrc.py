@@ -5,13 +5,13 @@ Arrays are numpy in MRC order: (z, y, x) for volumes, (n, y, x) for stacks.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 
+from credgui._io import atomic_open
 from credgui.errors import InputError
 
 
@@ -65,16 +65,17 @@ def read_voxel_size(path: str | Path) -> float:
 def write_mrc_atomic(path: str | Path, data: np.ndarray, voxel_size: float | None = None) -> None:
     """Write float32 ``data`` to ``path`` via a temporary file in the same directory and rename,
     so readers (RELION, the GUI) never see a half-written map."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
-            if voxel_size:
-                mrc.voxel_size = float(voxel_size)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from mrcfile.mrcinterpreter import MrcInterpreter
+
+    with atomic_open(path) as fh:
+        # mrcfile's documented way to write to a stream we opened (credgui._io: O_EXCL temp)
+        mrc = MrcInterpreter()
+        mrc._create_default_attributes()
+        mrc._iostream = fh
+        mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
+        if voxel_size:
+            mrc.voxel_size = float(voxel_size)
+        mrc.flush()
 
 
 def _short(exc: BaseException) -> str:

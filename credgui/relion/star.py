@@ -9,7 +9,6 @@ particle tables that users edit are read with ``starfile`` elsewhere.
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -147,10 +146,6 @@ def _fmt(value: Any) -> str:
 
 def write_star_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_text_atomic
+
+    write_text_atomic(path, text)
