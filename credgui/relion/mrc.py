@@ -6,6 +6,7 @@ Arrays are numpy in MRC order: (z, y, x) for volumes, (n, y, x) for stacks.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import mrcfile
@@ -62,9 +63,19 @@ def read_voxel_size(path: str | Path) -> float:
         raise InputError(path, f"not a readable MRC file ({_short(exc)})") from None
 
 
-def write_mrc_atomic(path: str | Path, data: np.ndarray, voxel_size: float | None = None) -> None:
+def write_mrc_atomic(
+    path: str | Path,
+    data: np.ndarray,
+    voxel_size: float | None = None,
+    *,
+    before_replace: Callable[[], None] | None = None,
+) -> None:
     """Write float32 ``data`` to ``path`` via a temporary file in the same directory and rename,
-    so readers (RELION, the GUI) never see a half-written map."""
+    so readers (RELION, the GUI) never see a half-written map (``credgui._io.atomic_open``).
+
+    ``before_replace``: called once the map is complete, before it is renamed into place; if
+    it raises, the map is discarded and ``path`` is untouched (the hook logs its record there).
+    """
     from mrcfile.mrcinterpreter import MrcInterpreter
 
     with atomic_open(path) as fh:
@@ -76,6 +87,8 @@ def write_mrc_atomic(path: str | Path, data: np.ndarray, voxel_size: float | Non
         if voxel_size:
             mrc.voxel_size = float(voxel_size)
         mrc.flush()
+        if before_replace is not None:
+            before_replace()
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,96 @@
+"""The hook's edges (issue 15 cases 3, 5): a log that cannot be written leaves no result, a
+plugin's sys.exit and Ctrl-C are one line and a non-zero exit, a stale result is removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from credgui.jobs.launch import hook_executable
+from credgui.relion.jobdir import read_hook_records
+from credgui.relion.protocol import read_call
+from tests.recon._inputs import make_arrays, write_inputs
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CREDGUI_CONFIG"}
+    env["CREDGUI_PLUGIN_PATH"] = str(PLUGINS)
+    return env
+
+
+def _run(star: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([hook_executable(), str(star)], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
+@pytest.fixture
+def job(tmp_path):
+    job = tmp_path / "job"
+    star = write_inputs(job, make_arrays(16, 2.0))
+    return job, star
+
+
+def test_full_disk_on_the_log_leaves_no_result(job, tmp_path):
+    job, star = job
+    (job / "credgui.toml").write_text('denoiser = "none"\n')
+    (job / "credgui_hook.jsonl").symlink_to("/dev/full")  # every write: ENOSPC, as a full disk
+    proc = _run(star, tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "credgui_hook.jsonl" in lines[0] and "No space left" in lines[0], lines
+    assert not read_call(star).result.exists()
+    assert not [p for p in job.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_torn_last_line_is_skipped_and_the_next_record_kept(job, tmp_path):
+    job, star = job
+    (job / "credgui.toml").write_text('denoiser = "none"\n')
+    assert _run(star, tmp_path).returncode == 0
+    log = job / "credgui_hook.jsonl"
+    log.write_bytes(log.read_bytes()[:-40])  # the disk filled mid-record
+    assert _run(star, tmp_path).returncode == 0
+    records = read_hook_records(job)
+    assert [r.status for r in records] == ["ok"]  # the torn one skipped, the new one whole
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_plugin_sys_exit_zero_is_an_error_and_removes_the_stale_result(job, tmp_path):
+    job, star = job
+    call = read_call(star)
+    call.result.write_bytes(b"an earlier attempt's result")
+    (job / "credgui.toml").write_text('denoiser = "test-misbehave"\npixel_size = 2.0\n'
+                                      '[denoiser_options]\nexit = 0\n')
+    proc = _run(star, tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sys.exit(0)" in lines[0] and str(star) in lines[0], lines
+    assert not call.result.exists()
+    rec = json.loads((job / "credgui_hook.jsonl").read_text().splitlines()[-1])
+    assert rec["status"] == "error" and "sys.exit(0)" in rec["error"]
+
+
+def test_ctrl_c_is_one_line(job, tmp_path):
+    job, star = job
+    marker = tmp_path / "started"
+    (job / "credgui.toml").write_text(f'denoiser = "test-misbehave"\npixel_size = 2.0\n'
+                                      f'[denoiser_options]\nmarker = "{marker}"\nsleep_s = 30\n')
+    proc = subprocess.Popen([hook_executable(), str(star)], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0], lines
+    assert not read_call(star).result.exists()
