@@ -54,6 +54,7 @@ from credgui.relion.protocol import (
 )
 
 JSONL_NAME = "credgui_hook.jsonl"
+CONFIG_RETRY_S = 2.0  # an editor saving credgui.toml non-atomically: re-read before failing
 
 
 def _denoiser_options(config: HookConfig) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def run(star: str | Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     call = read_call(star)
     _remove_stale(call.result)
-    config = load_config(call.job_dir)
+    config = load_config(call.job_dir, retry_s=CONFIG_RETRY_S)
     use_denoiser = config.denoiser != "none"
     pixel_size = _pixel_size(call, config, required=use_denoiser)
     data, weight = read_arrays(call)

@@ -94,3 +94,14 @@ def test_ctrl_c_is_one_line(job, tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0], lines
     assert not read_call(star).result.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b'denoiser = "none"\n\xff\xfe\x00'])
+def test_empty_or_binary_config_stops_the_hook_naming_the_config(job, tmp_path, content):
+    job, star = job
+    (job / "credgui.toml").write_bytes(content)
+    proc = _run(star, tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"credgui-reconstruct: error: {job / 'credgui.toml'}: "), lines
+    assert not read_call(star).result.exists()
