@@ -54,10 +54,14 @@ class HookConfig:
     keep_inputs: bool = True
     weights: str | None = None
     worker_socket: str | None = None
+    """The warm worker's socket; "default": ``credgui worker``'s default (a private folder)."""
+    worker_timeout_s: float | None = None
+    """The most the hook waits for the worker per request (s), then denoises itself; None:
+    20 s for info, a bound from the volume's size for denoise (``worker.denoise_timeout_s``)."""
     denoiser_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, source: str | Path) -> "HookConfig":
-        for key in ("lambda_low_res", "lambda_high_res", "pixel_size"):
+        for key in ("lambda_low_res", "lambda_high_res", "pixel_size", "worker_timeout_s"):
             value = getattr(self, key)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise InputError(source, f"{key} must be a finite number > 0 A, got {value}")
@@ -132,7 +136,7 @@ def parse_config(path: str | Path) -> HookConfig:
         raise InputError(path, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("lambda_low_res", "lambda_high_res", "lambda_max", "pixel_size"):
+        if key in ("lambda_low_res", "lambda_high_res", "lambda_max", "pixel_size", "worker_timeout_s"):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise InputError(path, f"{key} must be a number, got {value!r}")
             value = float(value)

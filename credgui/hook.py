@@ -72,10 +72,17 @@ def _open_denoiser(call: ExternalReconstructCall, config: HookConfig) -> Any:
     None for a plugin without a network). Opened after the arrays are read, so its loading
     time (torch import, weights) shows in the ``denoise`` stage."""
     from credgui.denoise.dispatch import open_denoiser
+    from credgui.denoise.worker import UntrustedWorker, default_socket_path
 
+    socket_path = config.worker_socket
     try:
-        return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=config.worker_socket)
-    except (ValueError, ImportError) as exc:
+        if socket_path == "default":
+            socket_path = str(default_socket_path())
+        return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=socket_path,
+                             timeout_s=config.worker_timeout_s)
+    except UntrustedWorker as exc:
+        raise InputError(config_path(call.job_dir), f"worker_socket: {exc}") from None
+    except (ValueError, ImportError, RuntimeError) as exc:
         raise InputError(config_path(call.job_dir), f"denoiser {config.denoiser!r}: {exc}") from None
 
 
