@@ -131,8 +131,13 @@ def test_existing_directory_needs_force(tmp_path, demo_structure):
         simulate_dataset(demo_structure, out, **SMALL)
     assert err.value.path == out and "--force" in str(err.value)
     assert (out / "keep.txt").read_text() == "precious"
-    m = simulate_dataset(demo_structure, out, force=True, **SMALL)
-    assert not (out / "keep.txt").exists() and m.particles_star.is_file()
+    with pytest.raises(InputError, match="replaces only a credgui data set.*keep.txt"):
+        simulate_dataset(demo_structure, out, force=True, **SMALL)  # --force never deletes others' files
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    simulate_dataset(demo_structure, out, **SMALL)
+    m = simulate_dataset(demo_structure, out, force=True, **SMALL)  # an earlier data set: replaced
+    assert m.particles_star.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old dirs left
 
 
