@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,17 @@ def test_status_into_a_closed_pipe_is_quiet(tmp_path):
     err = proc.stderr.read()
     proc.wait(timeout=60)
     assert err == b"" and proc.returncode == 141
+
+
+def test_benchmark_plan_cannot_escape_the_resources_folder(tmp_path, capsys):
+    from credgui.resources import resource_path
+
+    shipped = (Path(__file__).parents[1] / "bench" / "equivalence_plan.toml").read_text()
+    assert "resources:structures/DRD2_6CM4_target.pdbqt" in shipped
+    plan = tmp_path / "plan.toml"
+    plan.write_text(shipped.replace("resources:structures/DRD2_6CM4_target.pdbqt", "resources:../../../etc/passwd"))
+    rc = main(["benchmark", "run", str(plan), "-o", str(tmp_path / "out")])
+    _one_line(capsys, rc, 2, str(plan), "must stay inside its folder")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="leaves the resources folder"):
+        resource_path("..", "..", "etc", "passwd")

@@ -29,8 +29,10 @@ def read_mrc(
     shape, or holds NaN/Inf.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(path, "MRC file not found")
+    if not path.is_file():
+        raise InputError(path, "not a regular file (a device, folder or pipe), so not an MRC file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # mrcfile warns (not raises) on a truncated file
@@ -39,11 +41,17 @@ def read_mrc(
                 data = mrc.data
             else:
                 with mrcfile.open(path, mode="r", permissive=False) as mrc:
-                    data = np.asarray(mrc.data, dtype=np.float32).copy()
-    except (ValueError, RuntimeWarning, OSError, EOFError) as exc:
+                    data = mrc.data
+                    if data is not None and not np.iscomplexobj(data):
+                        data = np.asarray(data, dtype=np.float32).copy()
+    except (ValueError, RuntimeWarning, OSError, EOFError, OverflowError) as exc:
+        # OverflowError: mmap of a header with a negative size (nx = -5)
         raise InputError(path, f"not a readable MRC file ({_short(exc)})") from None
     if data is None:
         raise InputError(path, "MRC file holds no data")
+    if np.iscomplexobj(data):
+        raise InputError(path, f"holds complex values (MRC mode {_mode(data)}) where a real map is "
+                               "expected; its imaginary part would be dropped")
     if expect_shape is not None and tuple(data.shape) != tuple(expect_shape):
         raise InputError(
             path, f"shape {tuple(data.shape)} (z,y,x) where {tuple(expect_shape)} is expected"
@@ -89,6 +97,10 @@ def write_mrc_atomic(
         mrc.flush()
         if before_replace is not None:
             before_replace()
+
+
+def _mode(data: np.ndarray) -> int:
+    return 4 if data.dtype == np.complex64 else 3
 
 
 def _short(exc: BaseException) -> str:

@@ -105,3 +105,61 @@ def test_empty_or_binary_config_stops_the_hook_naming_the_config(job, tmp_path, 
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"credgui-reconstruct: error: {job / 'credgui.toml'}: "), lines
     assert not read_call(star).result.exists()
+
+
+def _complex(path: Path) -> Path:
+    import mrcfile
+    import numpy as np
+
+    real = mrcfile.read(path)
+    with mrcfile.new(path, overwrite=True) as mrc:
+        mrc.set_data((real + 1j * real).astype(np.complex64))
+    return path
+
+
+def _zero_weight(path: Path) -> Path:
+    import mrcfile
+
+    with mrcfile.open(path, mode="r+") as mrc:
+        mrc.data[...] = 0
+    return path
+
+
+def _negative_nx(path: Path) -> Path:
+    raw = bytearray(path.read_bytes())
+    raw[0:4] = (-5).to_bytes(4, "little", signed=True)
+    path.write_bytes(raw)
+    return path
+
+
+def _star_line(star: Path, label: str, new: str | None) -> Path:
+    lines = star.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(f"_{label} "))
+    lines.insert(i + 1, f"_{label} {lines[i].split()[1]}") if new is None else lines.__setitem__(i, f"_{label} {new}")
+    star.write_text("\n".join(lines) + "\n")
+    return star
+
+
+def _device(star: Path) -> Path:
+    star.write_text(star.read_text().replace(f"{star.with_suffix('')}_data_real.mrc", "/dev/zero"))
+    return Path("/dev/zero")
+
+
+@pytest.mark.parametrize("corrupt, which, problem", [
+    (_complex, "data_real", "complex values"),
+    (_zero_weight, "weight", "all zero"),
+    (_negative_nx, "data_real", "not a readable MRC file"),
+    (lambda star: _star_line(star, "rlnTau2FudgeFactor", None), "star", "appears twice"),
+    (lambda star: _star_line(star, "rlnTau2FudgeFactor", "inf"), "star", "finite"),
+    (_device, "star", "not a regular file"),
+])
+def test_nonsense_input_is_refused_naming_the_file(job, tmp_path, corrupt, which, problem):
+    job, star = job
+    (job / "credgui.toml").write_text('denoiser = "none"\n')
+    result = read_call(star).result
+    target = corrupt(star if which == "star" else star.parent / f"{star.stem}_{which}.mrc")
+    proc = _run(star, tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"error: {target}: " in lines[0] and problem in lines[0], lines
+    assert not result.exists()
