@@ -166,7 +166,13 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_stalling_client_neither_allocates_nor_delays_others(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    planted = tmp_path / ".w.sock.pid.tmp"  # the pid file's old, guessable temp name (case 2)
+    planted.symlink_to(victim)
     sock, proc = _start(tmp_path, idle_timeout_s=120)
+    assert victim.read_text() == "precious\n" and planted.is_symlink()
+    assert worker.pid_path(sock).read_text().strip() == str(proc.pid) and not worker.pid_path(sock).is_symlink()
     try:
         x = _volume(8)
         np.testing.assert_array_equal(request_denoise(sock, SLOW, {}, x, timeout_s=30), 2 * x)  # warm
