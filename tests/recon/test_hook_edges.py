@@ -50,15 +50,17 @@ def test_full_disk_on_the_log_leaves_no_result(job, tmp_path):
     assert not [p for p in job.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_torn_last_line_is_skipped_and_the_next_record_kept(job, tmp_path):
+def test_torn_last_line_is_skipped_and_the_next_record_kept(job, tmp_path, caplog):
     job, star = job
     (job / "credgui.toml").write_text('denoiser = "none"\n')
     assert _run(star, tmp_path).returncode == 0
     log = job / "credgui_hook.jsonl"
     log.write_bytes(log.read_bytes()[:-40])  # the disk filled mid-record
     assert _run(star, tmp_path).returncode == 0
-    records = read_hook_records(job)
+    with caplog.at_level("WARNING", logger="credgui.relion.jobdir"):
+        records = read_hook_records(job)
     assert [r.status for r in records] == ["ok"]  # the torn one skipped, the new one whole
+    assert "skipped a torn or malformed line at byte 0" in caplog.text
     assert len(log.read_text().splitlines()) == 2
 
 
