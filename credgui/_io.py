@@ -34,6 +34,15 @@ __all__ = ["append_line", "atomic_open", "write_bytes_atomic", "write_json_atomi
 
 
 def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every
+    thread: a GUI thread writing a file meanwhile could get the wrong permissions)."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
