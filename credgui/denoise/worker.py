@@ -97,7 +97,9 @@ def denoise_timeout_s(shape: tuple[int, ...]) -> float:
 def default_socket_path(create: bool = False) -> Path:
     """``$XDG_RUNTIME_DIR/credgui/worker.sock`` (when that is a private directory of ours),
     else ``/tmp/credgui-UID/worker.sock``. ``create``: make the folder (mode 0700) if missing.
-    RuntimeError when the folder exists but is not ours, not a directory, or open to others."""
+    RuntimeError when the folder exists but is not a directory of ours, or others may write
+    in it (they could replace the socket; reading it is harmless: the socket is 0600 and the
+    client checks the server's uid)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = None
     if runtime:
@@ -114,10 +116,10 @@ def default_socket_path(create: bool = False) -> Path:
             os.mkdir(base, 0o700)
     if base.exists() or base.is_symlink():
         st = os.lstat(base)
-        if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
             raise RuntimeError(
                 f"{base}: not a private directory of uid {os.getuid()} (owner uid {st.st_uid}, "
-                f"mode {stat_mod.filemode(st.st_mode)}); remove it or pass --socket"
+                f"mode {stat_mod.filemode(st.st_mode)}, writable by others?); remove it or pass --socket"
             )
     return base / "worker.sock"
 

@@ -121,7 +121,9 @@ def test_default_socket_is_in_a_private_folder(tmp_path, monkeypatch):
     path = worker.default_socket_path(create=True)
     assert path == tmp_path / "run" / "credgui" / "worker.sock"
     assert (os.stat(path.parent).st_mode & 0o777) == 0o700
-    os.chmod(path.parent, 0o755)
+    os.chmod(path.parent, 0o755)  # others may list it, not plant in it: still fine
+    assert worker.default_socket_path() == path
+    os.chmod(path.parent, 0o775)
     with pytest.raises(RuntimeError, match="not a private directory"):
         worker.default_socket_path()
     os.chmod(tmp_path / "run", 0o777)  # a runtime dir open to others is not used at all
