@@ -98,14 +98,17 @@ def test_ctrl_c_is_one_line(job, tmp_path):
     assert not read_call(star).result.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b'denoiser = "none"\n\xff\xfe\x00'])
-def test_empty_or_binary_config_stops_the_hook_naming_the_config(job, tmp_path, content):
+@pytest.mark.parametrize("content, says", [(b"", "is empty: say what the hook should do"),
+                                            (b"pixel_size = 2.0\n", "but not denoiser"),
+                                            (b'denoiser = "none"\n\xff\xfe\x00', "not UTF-8")])
+def test_empty_or_binary_config_stops_the_hook_naming_the_config(job, tmp_path, content, says):
     job, star = job
     (job / "credgui.toml").write_bytes(content)
     proc = _run(star, tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"credgui-reconstruct: error: {job / 'credgui.toml'}: "), lines
+    assert says in lines[0], lines
     assert not read_call(star).result.exists()
 
 
