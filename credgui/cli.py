@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -47,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     only = chosen if chosen in _command_modules() else None
     args = build_parser(only).parse_args(argv)
     try:
-        return int(args._main(args) or 0)
+        code = int(args._main(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
+    except BrokenPipeError:  # `credgui status | head`: the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe cut short
     except InputError as exc:
         print(f"credgui {args.command}: error: {exc}", file=sys.stderr)
         return 2

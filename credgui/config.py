@@ -2,12 +2,20 @@
 
 Re-read at every hook call, so a change made while RELION runs (by hand or from the GUI's
 lambda panel) takes effect at the next M-step. Writers go through ``write_config`` (atomic).
+
+A file must say what it wants: one without ``denoiser`` (empty, or only ``pixel_size``, or an
+editor's half-saved file) is an InputError, not a silent ``unet``; ``write_config`` (the
+launch, the GUI) always writes it. No file at all means the defaults. ``load_config(...,
+retry_s=...)`` re-reads a file that does not parse for a moment (an editor mid-save, as
+editors do not write atomically) before failing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,13 +54,17 @@ class HookConfig:
     keep_inputs: bool = True
     weights: str | None = None
     worker_socket: str | None = None
+    """The warm worker's socket; "default": ``credgui worker``'s default (a private folder)."""
+    worker_timeout_s: float | None = None
+    """The most the hook waits for the worker per request (s), then denoises itself; None:
+    20 s for info, a bound from the volume's size for denoise (``worker.denoise_timeout_s``)."""
     denoiser_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, source: str | Path) -> "HookConfig":
-        for key in ("lambda_low_res", "lambda_high_res", "pixel_size"):
+        for key in ("lambda_low_res", "lambda_high_res", "pixel_size", "worker_timeout_s"):
             value = getattr(self, key)
-            if value is not None and not (value > 0):
-                raise InputError(source, f"{key} must be > 0 A, got {value}")
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(source, f"{key} must be a finite number > 0 A, got {value}")
         if (
             self.lambda_low_res is not None
             and self.lambda_high_res is not None
@@ -79,30 +91,52 @@ def config_path(job_dir: str | Path) -> Path:
     return Path(env) if env else Path(job_dir) / CONFIG_NAME
 
 
-def load_config(job_dir: str | Path) -> HookConfig:
-    """The configuration for a job directory; defaults when no file exists."""
+def load_config(job_dir: str | Path, *, retry_s: float = 0.0) -> HookConfig:
+    """The configuration for a job directory; defaults when no file exists.
+
+    ``retry_s``: for that long, a file that does not parse (or lacks ``denoiser``) is re-read
+    every 0.1 s before its InputError is raised (an editor may be mid-save).
+    """
     path = config_path(job_dir)
-    if not path.exists():
-        if os.environ.get(CONFIG_ENV):
-            raise InputError(path, f"configuration named by ${CONFIG_ENV} does not exist")
-        return HookConfig()
-    return parse_config(path)
+    deadline = time.monotonic() + retry_s
+    while True:
+        if not path.exists():
+            if os.environ.get(CONFIG_ENV):
+                raise InputError(path, f"configuration named by ${CONFIG_ENV} does not exist")
+            return HookConfig()
+        try:
+            return parse_config(path)
+        except _Unparsed:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+class _Unparsed(InputError):
+    """The file is not (yet) a whole configuration: worth a re-read while an editor saves."""
 
 
 def parse_config(path: str | Path) -> HookConfig:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+        raw = tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise _Unparsed(path, f"not UTF-8 text (byte {exc.start}): not a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(path, f"invalid TOML ({exc})") from None
+        raise _Unparsed(path, f"invalid TOML ({exc})") from None
     except OSError as exc:
         raise InputError(path, f"cannot read ({exc})") from None
+    if "denoiser" not in raw:
+        what = "is empty" if not raw else f"sets {', '.join(sorted(raw))} but not denoiser"
+        raise _Unparsed(path, f"{what}: say what the hook should do, e.g. denoiser = \"unet\" "
+                              "(the shipped prior) or denoiser = \"none\" (RELION's own M-step)")
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise InputError(path, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("lambda_low_res", "lambda_high_res", "lambda_max", "pixel_size"):
+        if key in ("lambda_low_res", "lambda_high_res", "lambda_max", "pixel_size", "worker_timeout_s"):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise InputError(path, f"{key} must be a number, got {value!r}")
             value = float(value)
@@ -125,9 +159,6 @@ def write_config(path: str | Path, config: HookConfig) -> None:
     """Validate and write ``config`` atomically (temp file + rename)."""
     path = Path(path)
     config.validate(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(tomli_w.dumps(config_to_dict(config)).encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_text_atomic
+
+    write_text_atomic(path, tomli_w.dumps(config_to_dict(config)))

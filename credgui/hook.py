@@ -9,6 +9,12 @@ written atomically; one JSON line in ``credgui_hook.jsonl``. lambda = 0 (or deno
 
 Any error exits non-zero with one line on stderr naming the file, and no result is written, so
 RELION stops instead of running on garbage. Nothing here waits without a timeout.
+
+Order of the last steps: a stale result of an earlier attempt is removed first; the result is
+written to a temp file, the log record appended (one ``write`` of one complete line), and only
+then is the result renamed into place: a log that cannot be written (full disk) leaves no
+result RELION would read. Everything, ``SystemExit`` from a plugin and Ctrl-C included, ends
+in one stderr line, an ``error`` record (best effort) and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from credgui._io import append_line
 from credgui.config import HookConfig, config_path, load_config
 from credgui.errors import InputError
 from credgui.recon.fourier import prior_weight
@@ -49,6 +56,7 @@ from credgui.relion.protocol import (
 )
 
 JSONL_NAME = "credgui_hook.jsonl"
+CONFIG_RETRY_S = 2.0  # an editor saving credgui.toml non-atomically: re-read before failing
 
 
 def _denoiser_options(config: HookConfig) -> dict[str, Any]:
@@ -66,10 +74,17 @@ def _open_denoiser(call: ExternalReconstructCall, config: HookConfig) -> Any:
     None for a plugin without a network). Opened after the arrays are read, so its loading
     time (torch import, weights) shows in the ``denoise`` stage."""
     from credgui.denoise.dispatch import open_denoiser
+    from credgui.denoise.worker import UntrustedWorker, default_socket_path
 
+    socket_path = config.worker_socket
     try:
-        return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=config.worker_socket)
-    except (ValueError, ImportError) as exc:
+        if socket_path == "default":
+            socket_path = str(default_socket_path())
+        return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=socket_path,
+                             timeout_s=config.worker_timeout_s)
+    except UntrustedWorker as exc:
+        raise InputError(config_path(call.job_dir), f"worker_socket: {exc}") from None
+    except (ValueError, ImportError, RuntimeError) as exc:
         raise InputError(config_path(call.job_dir), f"denoiser {config.denoiser!r}: {exc}") from None
 
 
@@ -94,7 +109,8 @@ def run(star: str | Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     call = read_call(star)
-    config = load_config(call.job_dir)
+    _remove_stale(call.result)
+    config = load_config(call.job_dir, retry_s=CONFIG_RETRY_S)
     use_denoiser = config.denoiser != "none"
     pixel_size = _pixel_size(call, config, required=use_denoiser)
     data, weight = read_arrays(call)
@@ -147,13 +163,7 @@ def run(star: str | Path) -> dict[str, Any]:
     t = time.perf_counter()
     if vol.shape != (n, n, n) or not np.isfinite(vol).all():
         raise InputError(call.result, "result is not a finite map of the original box; not written")
-    write_mrc_atomic(call.result, vol, pixel_size)
-    if not config.keep_inputs:
-        for path in (call.data_real, call.data_imag, call.weight):
-            path.unlink(missing_ok=True)
-    timings["write"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    record = {
+    record: dict[str, Any] = {
         "time": datetime.now(timezone.utc).isoformat(), "root": call.root, "iteration": call.iteration,
         "half": call.half, "class": call.class_number, "ori_size": n, "current_size": call.current_size,
         "padding": pad, "pixel_size": pixel_size, "nominal_resolution": resolution,
@@ -165,13 +175,35 @@ def run(star: str | Path) -> dict[str, Any]:
         "worker": bool(getattr(denoiser, "used_worker", False)),
         "timings": timings, "status": "ok",
     }
-    _append_record(call.job_dir, record)
+
+    def _log() -> None:  # the map is complete in its temp file; rename only once this is logged
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        try:
+            _append_record(call.job_dir, record)
+        except (OSError, ValueError) as exc:
+            raise InputError(call.job_dir / JSONL_NAME, f"cannot append the call's record ({exc}); "
+                                                        "result not written") from None
+
+    write_mrc_atomic(call.result, vol, pixel_size, before_replace=_log)
+    if not config.keep_inputs:
+        for path in (call.data_real, call.data_imag, call.weight):
+            path.unlink(missing_ok=True)
     return record
 
 
+def _remove_stale(result: Path) -> None:
+    """An earlier attempt's result must not pass for this call's if this one fails."""
+    try:
+        if result.is_symlink() or result.is_file():
+            result.unlink()
+    except OSError as exc:
+        raise InputError(result, f"cannot remove the previous attempt's result ({exc})") from None
+
+
 def _append_record(job_dir: Path, record: dict[str, Any]) -> None:
-    with open(job_dir / JSONL_NAME, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """One complete JSON line in one write (credgui._io.append_line); NaN/inf refused."""
+    append_line(job_dir / JSONL_NAME, json.dumps(record, allow_nan=False))
 
 
 def _log_failure(star: str, message: str) -> None:
@@ -184,7 +216,7 @@ def _log_failure(star: str, message: str) -> None:
         root = name[: -len("_external_reconstruct.star")] if name.endswith("_external_reconstruct.star") else path.stem
         _append_record(path.parent, {"time": datetime.now(timezone.utc).isoformat(), "root": root,
                                      "status": "error", "error": message})
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
@@ -193,21 +225,30 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: credgui-reconstruct RUN_itNNN_halfN_classNNN_external_reconstruct.star", file=sys.stderr)
         return 2
+    rc = 1
     try:
         run(argv[0])
     except InputError as exc:
         message = f"credgui-reconstruct: error: {exc}"
     except MemoryError:
         message = f"credgui-reconstruct: error: {argv[0]}: out of memory"
-    except Exception as exc:  # noqa: BLE001  (never leave RELION running on garbage)
+    except KeyboardInterrupt:
+        message, rc = f"credgui-reconstruct: error: {argv[0]}: interrupted (Ctrl-C); no result written", 130
+    except SystemExit as exc:  # a plugin's sys.exit() must not pass for success
+        message = (f"credgui-reconstruct: error: {argv[0]}: the denoiser or a library called "
+                   f"sys.exit({exc.code!r}) mid-call; no result written")
+    except BaseException as exc:  # noqa: BLE001  (never leave RELION running on garbage)
         first = str(exc).splitlines()[0] if str(exc) else ""
         message = f"credgui-reconstruct: error: {argv[0]}: {type(exc).__name__}: {first}"
     else:
         return 0
-    message = message.replace("\n", " ")
-    print(message, file=sys.stderr)
+    message = " ".join(message.split())
+    try:
+        print(message, file=sys.stderr)
+    except (OSError, ValueError):
+        pass
     _log_failure(argv[0], message)
-    return 1
+    return rc
 
 
 if __name__ == "__main__":

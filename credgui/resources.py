@@ -26,5 +26,9 @@ def resources_dir() -> Path:
 
 def resource_path(*parts: str) -> Path:
     """``resource_path("structures", "DRD2_6CM4_target.pdbqt")``: the path of a shipped file
-    (it may not exist, e.g. weights not shipped yet: callers check)."""
+    (it may not exist, e.g. weights not shipped yet: callers check). ValueError for a name
+    that would leave the folder (``..``, an absolute path)."""
+    rel = Path(*parts) if parts else Path()
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"resource name {str(rel)!r} leaves the resources folder")
     return resources_dir().joinpath(*parts)

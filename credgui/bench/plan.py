@@ -212,6 +212,10 @@ def resolve_model(spec: str, base: Path, source: Path) -> Path:
         if not p.is_file():
             raise InputError(source, f"model {spec!r} not found ({p})")
         return p
+    rel = Path(rest)
+    if not rest or rel.is_absolute() or ".." in rel.parts:
+        raise InputError(source, f"model {spec!r}: a {prefix}: name must stay inside its folder "
+                                 "(no '..', not absolute); give a plain path for other files")
     if prefix == "resources":
         from credgui.resources import resource_path
 
@@ -243,9 +247,13 @@ def _num(source: Path, key: str, value: Any, lo: float = -math.inf, hi: float = 
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text (byte {exc.start}): not a TOML plan") from None
     except FileNotFoundError:
         raise InputError(path, "plan file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a directory, not a plan file") from None
     except OSError as exc:
         raise InputError(path, f"cannot read ({exc.strerror})") from None
     return parse_plan(text, path)

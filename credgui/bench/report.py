@@ -208,14 +208,10 @@ def _figure_angles(records, path: Path) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    import os
+    from credgui._io import atomic_open
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as fh:
+        fig.savefig(fh, dpi=120, format="png")
 
 
 def write_report(out_dir: str | Path, *, figures: bool = True) -> dict[str, Any]:
@@ -264,7 +260,7 @@ def write_report(out_dir: str | Path, *, figures: bool = True) -> dict[str, Any]
             figs = [rep / "fig4_fsc.png", rep / "fig5_angles.png"]
             md += ["", "![FSC](fig4_fsc.png)", "", "![angular error](fig5_angles.png)", ""]
     text = "\n".join(md) + "\n"
-    tmp = rep / ".results.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(rep / "results.md")
+    from credgui._io import write_text_atomic
+
+    write_text_atomic(rep / "results.md", text)
     return {"markdown": rep / "results.md", "figures": figs, "problems": problems, "comparisons": cmps, "records": records}

@@ -60,13 +60,10 @@ class Event:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """JSON via a temp file and a rename: a reader (report, resume) never sees half a file."""
+    from credgui._io import write_json_atomic as _write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write(path, data, sort_keys=True, allow_nan=True)
 
 
 def result_path(out_dir: Path, run: RunSpec) -> Path:
@@ -109,9 +106,9 @@ def _check_out_dir(out: Path, plan: Plan) -> None:
                                    "(or copy the plan you changed over this file to extend it)")
     out.mkdir(parents=True, exist_ok=True)
     if not copy.is_file():
-        tmp = copy.with_name(f".{copy.name}.tmp")
-        tmp.write_text(plan.text)
-        os.replace(tmp, copy)
+        from credgui._io import write_text_atomic
+
+        write_text_atomic(copy, plan.text)
 
 
 def _plan_identity(plan: Plan) -> str:

@@ -64,9 +64,9 @@ def _background(args: argparse.Namespace) -> int:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     pid_file = out / "benchmark.pid"
-    tmp = pid_file.with_name(".benchmark.pid.tmp")
-    tmp.write_text(f"{proc.pid}\n")
-    os.replace(tmp, pid_file)
+    from credgui._io import write_text_atomic
+
+    write_text_atomic(pid_file, f"{proc.pid}\n")
     print(f"credgui benchmark: running in the background (pid {proc.pid}); follow: tail -f {log}; "
           f"stop: kill -INT -- -{proc.pid}")
     return 0

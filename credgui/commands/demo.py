@@ -193,12 +193,9 @@ def angular_errors(data_star: Path, true_poses: Path) -> dict[str, Any]:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """JSON via a temp file and a rename: the GUI may read it at any moment."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_json_atomic as _write
+
+    _write(path, data, sort_keys=True, allow_nan=True)
 
 
 def _fmt_s(seconds: float | None) -> str:

@@ -93,8 +93,14 @@ def _job_dir(out: str) -> tuple[Path, bool]:
     """(job directory, is new). ``Type/jobNNN`` or an existing job dir is used as is; a
     job-type directory gets the next ``jobNNN``."""
     path = Path(out)
+    if any(c.isspace() for c in str(path)):
+        raise InputError(out, "RELION cannot use a job directory whose path holds a space: "
+                              "use e.g. Refine3D/ (the next jobNNN) or Refine3D/job012")
     if re.fullmatch(r"job\d+", path.name) or (path / "credgui_job.json").exists():
         return path, False
+    if not re.fullmatch(r"[A-Za-z0-9_]+", path.name):
+        raise InputError(out, f"--o names a job-type directory (like Refine3D/, which gets the next "
+                              f"jobNNN) or a job directory (Refine3D/job012); {path.name!r} is neither")
     return path, True
 
 
@@ -152,8 +158,16 @@ def _params(args: argparse.Namespace, job_dir: Path):
         ground_truth=opt(args.ground_truth),
         mask=opt(args.mask),
         hook_config=hook_config,
-        extra_args=tuple(shlex.split(args.relion_args)),
+        extra_args=_split_relion_args(args.relion_args),
     )
+
+
+def _split_relion_args(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise InputError(None, f"--relion-args {text!r}: {str(exc).lower()} (quote it as one shell word, "
+                               "e.g. --relion-args '--maxsig 500')") from None
 
 
 def _follow(job_dir: Path) -> int:

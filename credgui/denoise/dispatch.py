@@ -7,9 +7,12 @@ without one it builds the plugin here (``registry.create_denoiser``), once, on f
 
 Failure policy: an error the worker *reports* (bad weights file, unknown plugin, a bad
 volume) is raised as ``WorkerError``: running the same thing here would fail the same way.
-A *transport* failure (worker died mid-request, no answer within ``timeout_s``) falls back
-to denoising in this process, logged as a warning, unless ``fallback=False``: RELION waits
-for the hook with no timeout, so finishing slower beats hanging or aborting the refinement.
+A *transport* failure (worker died mid-request, no answer in time) falls back to denoising
+in this process, logged as a warning, unless ``fallback=False``: RELION waits for the hook
+with no timeout, so finishing slower beats hanging or aborting the refinement. The waits are
+bounded (``timeout_s``, default: ``worker.INFO_TIMEOUT_S`` for info, ``worker.denoise_timeout_s``
+of the volume for denoise). A socket of another user (``UntrustedWorker``) is an error, never
+a fallback: the configuration points at something it should not.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from credgui.denoise.base import Denoiser, DenoiserInfo
-from credgui.denoise.worker import DEFAULT_TIMEOUT_S, WorkerError, request_denoise, request_info
+from credgui.denoise.worker import INFO_TIMEOUT_S, WorkerError, request_denoise, request_info
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class WorkerBackedDenoiser:
         options: dict[str, Any] | None,
         socket_path: str | Path | None,
         *,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_s: float | None = None,
         fallback: bool = True,
     ) -> None:
         self.name = name
@@ -78,7 +81,8 @@ class WorkerBackedDenoiser:
         if self.socket_path:
             try:
                 fields = request_info(
-                    self.socket_path, self.name, self.options, timeout_s=self.timeout_s
+                    self.socket_path, self.name, self.options,
+                    timeout_s=INFO_TIMEOUT_S if self.timeout_s is None else self.timeout_s,
                 )
             except WorkerError as exc:
                 self._transport_failed(exc)
@@ -119,7 +123,7 @@ def open_denoiser(
     options: dict[str, Any] | None = None,
     *,
     socket_path: str | Path | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float | None = None,
     fallback: bool = True,
 ) -> WorkerBackedDenoiser | None:
     """The denoiser ``name`` (None for ``"none"``), served by the worker at ``socket_path`` if any.

@@ -20,8 +20,6 @@ lambda from 0 at ``lambda_low_res`` to 1 at ``lambda_high_res``.
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -287,12 +285,9 @@ def evaluate_sets(
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_json_atomic as _write
+
+    _write(path, data, allow_nan=True)
 
 
 def plot_curve(path: Path, curve: ConfidenceCurve, title: str = "") -> bool:
@@ -333,13 +328,13 @@ def plot_curve(path: Path, curve: ConfidenceCurve, title: str = "") -> bool:
     ax.set_title(title or "single-pass denoising ratio (validation)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    from credgui._io import atomic_open
+
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_open(path) as fh:
+            fig.savefig(fh, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return True
 
 

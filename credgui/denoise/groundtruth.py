@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +153,11 @@ def save_library(
     full_meta = {"format": LIBRARY_FORMAT, **(meta or {})}
     full_meta["families"] = sorted({e.family for e in entries})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
+    from credgui._io import atomic_open
+
+    with atomic_open(path) as fh:
         np.savez(
-            tmp,
+            fh,
             maps=stack,
             names=np.array([e.name or Path(e.path).name for e in entries]),
             families=np.array([e.family for e in entries]),
@@ -166,10 +166,6 @@ def save_library(
             box=np.int64(stack.shape[1]),
             meta=np.array(json.dumps(full_meta)),
         )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -274,6 +270,6 @@ def build_split_libraries(
             "maps": len(maps),
             "failed": failed,
         }
-    tmp = out / f".split.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out / "split.json")
+    from credgui._io import write_text_atomic
+
+    write_text_atomic(out / "split.json", json.dumps(report, indent=1))

@@ -19,10 +19,8 @@ index beside it (``.json``), both written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -170,19 +168,6 @@ def iter_harvest(job_dir: str | Path, ground_truth: str | Path | None = None) ->
         )
 
 
-@contextlib.contextmanager
-def _replace_atomic(path: Path) -> Iterator[str]:
-    """A fresh temporary name (mkstemp, in path's folder) to write, renamed onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_intermediates(
     path: str | Path,
     items: Sequence[Intermediate],
@@ -213,16 +198,16 @@ def save_intermediates(
         if it.truth is not None:
             arrays[f"truth_{i:06d}"] = np.asarray(it.truth, np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _replace_atomic(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh, **arrays,
-                resolution=np.array([it.resolution for it in items], np.float64),
-                pixel_size=np.array(pixels, np.float64),
-                meta=np.array(json.dumps({**full, "maps": rows})),
-            )
-    with _replace_atomic(path.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps({**full, "maps": rows}, indent=1))
+    from credgui._io import atomic_open, write_text_atomic
+
+    with atomic_open(path) as fh:
+        np.savez(
+            fh, **arrays,
+            resolution=np.array([it.resolution for it in items], np.float64),
+            pixel_size=np.array(pixels, np.float64),
+            meta=np.array(json.dumps({**full, "maps": rows})),
+        )
+    write_text_atomic(path.with_suffix(".json"), json.dumps({**full, "maps": rows}, indent=1))
     return path
 
 

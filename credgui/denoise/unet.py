@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -411,13 +410,10 @@ def save_model(path: str | Path, model: UNet3D, metadata: Mapping[str, Any] | No
 def save_torch_atomic(payload: Mapping[str, Any], path: Path) -> Path:
     """``torch.save`` to a temp file beside ``path``, then rename: a reader (the hook, a resumed
     run) never sees half a file, and a killed writer leaves the old one intact."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(dict(payload), tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from credgui._io import atomic_open
+
+    with atomic_open(path) as fh:
+        torch.save(dict(payload), fh)
     return path
 
 

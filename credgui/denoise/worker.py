@@ -6,8 +6,19 @@ half-map per iteration. The hook (``credgui-reconstruct``) asks the worker first
 so a hook call answered by the worker never imports torch. ``None`` from the client means
 "no worker here" and the hook denoises in its own process instead.
 
-The worker handles one request at a time, in arrival order: the two half-maps that RELION
-reconstructs at the same time (ranks 1 and 2) queue onto one GPU instead of fighting over it.
+Each connection is served by its own thread, so a client that stalls mid-upload delays no
+other; denoiser calls run one at a time (a lock), in arrival order: the two half-maps that
+RELION reconstructs at the same time (ranks 1 and 2) queue onto one GPU instead of fighting
+over it. A request is read as it arrives (no allocation for bytes not yet sent), within
+``REQUEST_READ_TIMEOUT_S``, and refused when its announced volume exceeds ``max_box`` voxels
+a side or does not match its shape.
+
+Trust (docs/SECURITY.md): the default socket is ``default_socket_path()``, in a per-user
+directory of mode 0700 (``$XDG_RUNTIME_DIR/credgui``, else ``/tmp/credgui-UID``); the socket
+is born mode 0600. The client refuses (``UntrustedWorker``, one line) a socket file not owned
+by its own uid and a server whose SO_PEERCRED uid is not its own, before sending anything;
+the worker likewise answers only clients of its own uid. Waits are bounded: ``CONNECT_TIMEOUT_S``
+to connect, ``INFO_TIMEOUT_S`` for ``info``, ``denoise_timeout_s(shape)`` for ``denoise``.
 It caches denoisers by (plugin name, options, weights file + mtime, device), so a retrained
 weights file is picked up, exits after ``idle_timeout_s`` without requests, writes
 ``SOCKET.pid`` (its pid) and holds ``SOCKET.lock`` (flock: one worker per socket), and removes
@@ -36,13 +47,17 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import select
 import signal
 import socket
+import stat as stat_mod
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -50,17 +65,63 @@ from typing import Any
 
 import numpy as np
 
+from credgui._io import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 DEFAULT_IDLE_TIMEOUT_S = 1800.0
-DEFAULT_TIMEOUT_S = 3600.0  # a reply may wait for the other half-map's denoising first
 CONNECT_TIMEOUT_S = 0.5
+INFO_TIMEOUT_S = 20.0  # loading a model (torch is imported at the worker's start)
+DENOISE_BASE_S = 60.0
+DENOISE_S_PER_MVOXEL = 30.0
+"""``denoise_timeout_s``: measured U-Net inference on 2 loaded CPU cores is 0.5-11 s per 10^6
+voxels (boxes 48-96, 2026-12); 30 s per 10^6 voxels, doubled for the other half-map queued
+ahead, plus 60 s: a 64^3 map waits at most 76 s, a 256^3 one 17 min, never an hour."""
+DEFAULT_TIMEOUT_S = 3600.0  # kept for importers; the hook uses the bounds above
 REQUEST_READ_TIMEOUT_S = 60.0  # the worker's patience with a client that stops sending
 MAX_HEADER_BYTES = 1 << 20
-MAX_PAYLOAD_BYTES = 16 << 30  # a 1600^3 float32 map; refuses a corrupt length early
+DEFAULT_MAX_BOX = 512  # largest volume side the worker accepts (512^3 float32 = 512 MiB)
+MAX_PAYLOAD_BYTES = 4 * DEFAULT_MAX_BOX**3
+_CHUNK = 8 << 20
 MAX_CACHED = 4
 _HEADER_LEN = struct.Struct(">Q")
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def denoise_timeout_s(shape: tuple[int, ...]) -> float:
+    """How long the hook waits for a denoise reply of a volume of ``shape`` (s); see above."""
+    return DENOISE_BASE_S + 2.0 * DENOISE_S_PER_MVOXEL * float(np.prod(shape)) / 1e6
+
+
+def default_socket_path(create: bool = False) -> Path:
+    """``$XDG_RUNTIME_DIR/credgui/worker.sock`` (when that is a private directory of ours),
+    else ``/tmp/credgui-UID/worker.sock``. ``create``: make the folder (mode 0700) if missing.
+    RuntimeError when the folder exists but is not a directory of ours, or others may write
+    in it (they could replace the socket; reading it is harmless: the socket is 0600 and the
+    client checks the server's uid)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = None
+    if runtime:
+        try:
+            st = os.lstat(runtime)
+            if stat_mod.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                base = Path(runtime) / "credgui"
+        except OSError:
+            base = None
+    if base is None:
+        base = Path(tempfile.gettempdir()) / f"credgui-{os.getuid()}"
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(base, 0o700)
+    if base.exists() or base.is_symlink():
+        st = os.lstat(base)
+        if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise RuntimeError(
+                f"{base}: not a private directory of uid {os.getuid()} (owner uid {st.st_uid}, "
+                f"mode {stat_mod.filemode(st.st_mode)}, writable by others?); remove it or pass --socket"
+            )
+    return base / "worker.sock"
 
 
 class WorkerError(RuntimeError):
@@ -72,6 +133,21 @@ class WorkerError(RuntimeError):
     def __init__(self, message: str, remote_type: str | None = None) -> None:
         super().__init__(message)
         self.remote_type = remote_type
+
+
+class UntrustedWorker(WorkerError):
+    """The socket, or the process listening on it, belongs to another user: nothing was sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, remote_type="UntrustedWorker")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
+    _pid, uid, _gid = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    )
+    return uid
 
 
 def pid_path(socket_path: str | Path) -> Path:
@@ -121,17 +197,32 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None, what: str) 
     return buf
 
 
-def _recv_message(sock: socket.socket, deadline: float | None) -> tuple[dict[str, Any], bytearray]:
+def _recv_growing(sock: socket.socket, n: int, deadline: float | None, what: str) -> bytearray:
+    """Exactly ``n`` bytes, the buffer grown as they arrive (a client that announces much and
+    sends little costs only what it sent); errors as ``_recv_exact``."""
+    buf = bytearray()
+    while len(buf) < n:
+        buf += _recv_exact(sock, min(_CHUNK, n - len(buf)), deadline, what)
+    return buf
+
+
+def _recv_message(
+    sock: socket.socket, deadline: float | None, max_payload: int = MAX_PAYLOAD_BYTES,
+    check: Any = None,
+) -> tuple[dict[str, Any], bytearray]:
+    """One message. ``check(header)``: called before the payload is read (raise to refuse)."""
     (size,) = _HEADER_LEN.unpack(_recv_exact(sock, _HEADER_LEN.size, deadline, "the header length"))
     if size > MAX_HEADER_BYTES:
         raise ValueError(f"header of {size} bytes is too large (not a credgui worker message?)")
     header = json.loads(_recv_exact(sock, size, deadline, "the header"))
     if not isinstance(header, dict):
         raise ValueError("message header is not a JSON object")
-    nbytes = int(header.get("nbytes", 0) or 0)
-    if not 0 <= nbytes <= MAX_PAYLOAD_BYTES:
-        raise ValueError(f"payload of {nbytes} bytes announced; the limit is {MAX_PAYLOAD_BYTES}")
-    payload = _recv_exact(sock, nbytes, deadline, "the volume") if nbytes else bytearray()
+    nbytes = header.get("nbytes", 0) or 0
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= max_payload:
+        raise ValueError(f"payload of {nbytes!r} bytes announced; the limit is {max_payload}")
+    if check is not None:
+        check(header)
+    payload = _recv_growing(sock, nbytes, deadline, "the volume") if nbytes else bytearray()
     return header, payload
 
 
@@ -153,9 +244,21 @@ def _volume_from(header: dict[str, Any], payload: bytearray) -> np.ndarray:
 
 
 def _connect(socket_path: str | Path, connect_timeout_s: float) -> socket.socket | None:
+    """A connection to our own worker; None when none listens; UntrustedWorker when the socket
+    file or the listening process belongs to another uid (checked before anything is sent)."""
     path = os.fspath(socket_path)
-    if not os.path.exists(path):
+    try:
+        st = os.lstat(path)
+    except OSError:
         return None
+    uid = os.getuid()
+    if not stat_mod.S_ISSOCK(st.st_mode):
+        raise UntrustedWorker(f"worker socket {path}: not a socket ({stat_mod.filemode(st.st_mode)}); refused")
+    if st.st_uid != uid:
+        raise UntrustedWorker(
+            f"worker socket {path}: owned by uid {st.st_uid}, not by you (uid {uid}); refused, "
+            'nothing sent (start your own: credgui worker, and worker_socket = "default")'
+        )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(connect_timeout_s)
     try:
@@ -165,6 +268,13 @@ def _connect(socket_path: str | Path, connect_timeout_s: float) -> socket.socket
         log.debug("no worker at %s (%s)", path, exc)
         sock.close()
         return None
+    server_uid = peer_uid(sock)
+    if server_uid != uid:
+        sock.close()
+        raise UntrustedWorker(
+            f"worker socket {path}: served by a process of uid {server_uid}, not yours (uid {uid}); "
+            "refused, nothing sent"
+        )
     return sock
 
 
@@ -175,8 +285,11 @@ def _exchange(
     *,
     timeout_s: float,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    reply_max: int = 0,
 ) -> tuple[dict[str, Any], bytearray] | None:
-    """Send one request, return the reply; None when no worker listens; WorkerError otherwise."""
+    """Send one request, return the reply; None when no worker listens; WorkerError otherwise.
+
+    ``reply_max``: the largest reply payload accepted (the request's own volume for denoise)."""
     sock = _connect(socket_path, connect_timeout_s)
     if sock is None:
         return None
@@ -185,10 +298,10 @@ def _exchange(
         sock.settimeout(max(timeout_s, 1e-3))
         try:
             _send_message(sock, {"version": PROTOCOL_VERSION, **header}, payload)
-            reply, data = _recv_message(sock, deadline)
+            reply, data = _recv_message(sock, deadline, max_payload=reply_max)
         except TimeoutError:
             raise WorkerError(
-                f"denoiser worker at {socket_path} did not answer within {timeout_s:g} s "
+                f"denoiser worker at {socket_path} did not answer within {timeout_s:.3g} s "
                 f"(busy or hung; see {log_path(socket_path)})"
             ) from None
         except (ConnectionError, OSError, ValueError) as exc:
@@ -217,7 +330,7 @@ def request_denoise(
     options: dict[str, Any] | None,
     volume: np.ndarray,
     *,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float | None = None,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
     reply: dict[str, Any] | None = None,
 ) -> np.ndarray | None:
@@ -226,7 +339,9 @@ def request_denoise(
     Returns the denoised float32 volume, same shape; ``None`` at once when no worker listens
     at ``socket_path`` (no socket file, or a stale one: connection refused). Raises
     ``WorkerError`` (a RuntimeError) when the worker replies with an error, dies mid-request,
-    or gives no reply within ``timeout_s`` (which includes waiting behind other requests).
+    or gives no reply within ``timeout_s`` (which includes waiting behind other requests;
+    default ``denoise_timeout_s(volume.shape)``). ``UntrustedWorker`` (a WorkerError) when
+    the socket or its server belongs to another user: nothing is sent then.
     ``reply``: a dict to receive the reply header (``info``; ``seconds``: ``load`` and
     ``denoise``, the worker's own timings, for the hook's log).
     """
@@ -245,7 +360,8 @@ def request_denoise(
         socket_path,
         header,
         memoryview(vol).cast("B"),
-        timeout_s=timeout_s,
+        timeout_s=denoise_timeout_s(vol.shape) if timeout_s is None else timeout_s,
+        reply_max=vol.nbytes,
         connect_timeout_s=connect_timeout_s,
     )
     if answer is None:
@@ -267,7 +383,7 @@ def request_info(
     name: str,
     options: dict[str, Any] | None,
     *,
-    timeout_s: float = 600.0,
+    timeout_s: float = INFO_TIMEOUT_S,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> dict[str, Any] | None:
     """Load (and cache) a denoiser in the worker; its ``DenoiserInfo`` fields as a dict.
@@ -291,6 +407,8 @@ def ping(socket_path: str | Path, *, timeout_s: float = 2.0) -> dict[str, Any] |
     """
     try:
         answer = _exchange(socket_path, {"op": "ping"}, timeout_s=timeout_s)
+    except UntrustedWorker:
+        raise
     except WorkerError:
         return None
     return None if answer is None else answer[0]
@@ -500,28 +618,43 @@ class _Stop(BaseException):
 
 
 def serve(
-    socket_path: str | Path,
+    socket_path: str | Path | None = None,
     *,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     device: str = "auto",
     threads: int | None = None,
+    max_box: int = DEFAULT_MAX_BOX,
 ) -> int:
     """Serve denoising requests on ``socket_path`` until idle for ``idle_timeout_s`` or stopped.
 
-    Returns 0 after an idle exit, a shutdown request, SIGTERM or SIGINT. Raises RuntimeError
-    when another worker already serves this socket (it holds ``SOCKET.lock``), ValueError for
-    a socket path longer than AF_UNIX allows.
+    ``socket_path`` None: ``default_socket_path(create=True)``. Returns 0 after an idle exit,
+    a shutdown request, SIGTERM or SIGINT. Raises RuntimeError when another worker already
+    serves this socket (it holds ``SOCKET.lock``) or the lock file cannot be opened,
+    ValueError for a socket path longer than AF_UNIX allows or a bad timeout/box.
     """
     import fcntl
 
-    sock_path = Path(socket_path).absolute()
+    if not (isinstance(idle_timeout_s, (int, float)) and math.isfinite(idle_timeout_s) and idle_timeout_s > 0):
+        raise ValueError(f"idle timeout must be a finite number of seconds > 0, got {idle_timeout_s!r}")
+    if not (isinstance(max_box, int) and max_box >= 1):
+        raise ValueError(f"max box must be a positive number of voxels, got {max_box!r}")
+    sock_path = (default_socket_path(create=True) if socket_path is None else Path(socket_path)).absolute()
     if len(os.fsencode(sock_path)) > 107:
         raise ValueError(
             f"socket path is {len(os.fsencode(sock_path))} bytes, over the AF_UNIX limit "
             f"of 107: {sock_path}"
         )
     sock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(lock_path(sock_path), "a")
+    parent = os.stat(sock_path.parent)
+    if parent.st_mode & 0o022 and not parent.st_mode & stat_mod.S_ISVTX:
+        log.warning("%s is writable by others and not sticky: they could replace the socket; "
+                    "prefer the default %s", sock_path.parent, default_socket_path())
+    try:
+        fd = os.open(lock_path(sock_path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise RuntimeError(f"{lock_path(sock_path)}: cannot open the worker's lock file "
+                           f"({exc.strerror or exc}); remove it or choose another --socket") from None
+    lock = os.fdopen(fd, "r+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -546,32 +679,32 @@ def serve(
         os.umask(umask)
     server.listen(16)
     pid_file = pid_path(sock_path)
-    tmp = pid_file.with_name(f".{pid_file.name}.tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, pid_file)
+    write_text_atomic(pid_file, f"{os.getpid()}\n")
 
     def _terminate(signum: int, _frame: Any) -> None:
         raise _Stop(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGINT)}
-    cache = _Cache(device)
-    state = {"pid": os.getpid(), "started": time.time(), "requests": 0, "device": device}
+    ctx = _Context(device, max_box)
     log.info(
-        "denoiser worker pid %d serving %s (device %s, idle timeout %g s)",
+        "denoiser worker pid %d serving %s (device %s, idle timeout %g s, max box %d)",
         os.getpid(),
         sock_path,
         device,
         idle_timeout_s,
+        max_box,
     )
-    last = time.monotonic()
     try:
-        while True:
-            remaining = idle_timeout_s - (time.monotonic() - last)
+        while not ctx.stop.is_set():
+            remaining = idle_timeout_s - (time.monotonic() - ctx.last)
             if remaining <= 0:
+                if ctx.active:
+                    ctx.last = time.monotonic()  # a long request is not idleness
+                    continue
                 log.info("idle for %g s: exiting", idle_timeout_s)
                 break
             try:
-                ready, _, _ = select.select([server], [], [], remaining)
+                ready, _, _ = select.select([server], [], [], min(remaining, 0.5))
             except InterruptedError:
                 continue
             if not ready:
@@ -582,12 +715,10 @@ def serve(
                 if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ECONNABORTED):
                     continue
                 raise
-            with conn:
-                stop = _handle(conn, cache, state)
-            last = time.monotonic()
-            if stop:
-                log.info("shutdown requested: exiting")
-                break
+            ctx.begin()
+            threading.Thread(target=_serve_connection, args=(conn, ctx), daemon=True).start()
+        if ctx.stop.is_set():
+            log.info("shutdown requested: exiting")
     except _Stop as why:
         log.info("%s: exiting", why)
     finally:
@@ -602,18 +733,78 @@ def serve(
     return 0
 
 
-def _handle(conn: socket.socket, cache: _Cache, state: dict[str, Any]) -> bool:
+class _Context:
+    """What the connection threads share: the cache (loads under ``load_lock``), the one
+    ``run_lock`` that serialises denoiser calls, the counters and the stop flag."""
+
+    def __init__(self, device: str, max_box: int) -> None:
+        self.cache = _Cache(device)
+        self.max_box = max_box
+        self.load_lock = threading.Lock()
+        self.run_lock = threading.Lock()
+        self.count_lock = threading.Lock()
+        self.stop = threading.Event()
+        self.active = 0
+        self.last = time.monotonic()
+        self.state: dict[str, Any] = {"pid": os.getpid(), "started": time.time(), "requests": 0,
+                                      "device": device, "max_box": max_box}
+
+    def begin(self) -> None:
+        with self.count_lock:
+            self.active += 1
+
+    def end(self) -> None:
+        with self.count_lock:
+            self.active -= 1
+            self.last = time.monotonic()
+
+    def check(self, header: dict[str, Any]) -> None:
+        """Refuse an oversized or inconsistent volume before any of it is read."""
+        nbytes = header.get("nbytes", 0) or 0
+        if header.get("op") != "denoise":
+            if nbytes:
+                raise ValueError(f"op {header.get('op')!r} takes no payload, {nbytes} bytes announced")
+            return
+        shape = header.get("shape")
+        if (not isinstance(shape, list) or len(shape) != 3
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+            raise ValueError(f"volume shape must be 3 positive sizes (z, y, x), got {shape!r}")
+        if max(shape) > self.max_box:
+            raise ValueError(f"volume {shape} exceeds the worker's limit of {self.max_box} voxels a side "
+                             "(credgui worker --max-box)")
+        if nbytes != 4 * shape[0] * shape[1] * shape[2]:
+            raise ValueError(f"payload of {nbytes} bytes announced for shape {shape} float32")
+
+
+def _serve_connection(conn: socket.socket, ctx: _Context) -> None:
+    try:
+        with conn:
+            if _handle(conn, ctx):
+                ctx.stop.set()
+    except Exception as exc:  # noqa: BLE001  (a thread must not die silently)
+        log.warning("connection failed: %s: %s", type(exc).__name__, _one_line(exc))
+    finally:
+        ctx.end()
+
+
+def _handle(conn: socket.socket, ctx: _Context) -> bool:
     """Answer one connection; True when the worker should exit. Never raises for a bad request."""
     t0 = time.perf_counter()
     try:
-        header, payload = _recv_message(conn, time.monotonic() + REQUEST_READ_TIMEOUT_S)
-    except Exception as exc:  # timeout, hang-up, bad framing, a length too large to allocate
+        uid = peer_uid(conn)
+        if uid != os.getuid():
+            raise PermissionError(f"client uid {uid} is not this worker's uid {os.getuid()}")
+        header, payload = _recv_message(conn, time.monotonic() + REQUEST_READ_TIMEOUT_S,
+                                        max_payload=4 * ctx.max_box**3, check=ctx.check)
+    except Exception as exc:  # timeout, hang-up, bad framing, a length too large, another uid
         log.warning("dropped a request: %s: %s", type(exc).__name__, _one_line(exc))
         _reply_error(conn, exc)
         return False
     conn.settimeout(REQUEST_READ_TIMEOUT_S)  # for the reply
     op = header.get("op")
-    state["requests"] += 1
+    state = ctx.state
+    with ctx.count_lock:
+        state["requests"] += 1
     stop = False
     try:
         if header.get("version") != PROTOCOL_VERSION:
@@ -624,7 +815,7 @@ def _handle(conn: socket.socket, cache: _Cache, state: dict[str, Any]) -> bool:
             reply = {
                 **state,
                 "uptime_s": time.time() - state["started"],
-                "cached": [list(map(str, k)) for k in cache.items],
+                "cached": [list(map(str, k)) for k in list(ctx.cache.items)],
             }
             _send_message(conn, {"status": "ok", **reply})
         elif op == "shutdown":
@@ -635,19 +826,23 @@ def _handle(conn: socket.socket, cache: _Cache, state: dict[str, Any]) -> bool:
             options = header.get("options") or {}
             if not isinstance(name, str) or not isinstance(options, dict):
                 raise ValueError("request needs 'name' (string) and 'options' (object)")
-            denoiser = cache.get(name, options)
+            with ctx.load_lock:
+                denoiser = ctx.cache.get(name, options)
             t_load = time.perf_counter()
             if op == "info":
                 _send_message(conn, {"status": "ok", "info": _info_dict(denoiser)})
             else:
                 volume = _volume_from(header, payload)
-                out = np.ascontiguousarray(denoiser(volume), dtype="<f4")
+                del payload
+                with ctx.run_lock:  # one denoiser call at a time (one GPU)
+                    t_start = time.perf_counter()
+                    out = np.ascontiguousarray(denoiser(volume), dtype="<f4")
+                    t_run = time.perf_counter()
                 if out.shape != volume.shape:
                     raise ValueError(
                         f"denoiser {name!r} returned shape {out.shape} for {volume.shape}"
                     )
-                t_run = time.perf_counter()
-                seconds = {"load": t_load - t0, "denoise": t_run - t_load}
+                seconds = {"load": t_load - t0, "queue": t_start - t_load, "denoise": t_run - t_start}
                 _send_message(
                     conn,
                     {
@@ -661,10 +856,11 @@ def _handle(conn: socket.socket, cache: _Cache, state: dict[str, Any]) -> bool:
                     memoryview(out).cast("B"),
                 )
                 log.info(
-                    "%s %s: load %.3f s, denoise %.3f s",
+                    "%s %s: load %.3f s, queue %.3f s, denoise %.3f s",
                     name,
                     list(out.shape),
                     seconds["load"],
+                    seconds["queue"],
                     seconds["denoise"],
                 )
         else:
@@ -686,7 +882,10 @@ def _reply_error(conn: socket.socket, exc: BaseException) -> None:
 
 
 __all__ = [
+    "UntrustedWorker",
     "WorkerError",
+    "default_socket_path",
+    "denoise_timeout_s",
     "ensure_worker",
     "ping",
     "request_denoise",

@@ -437,17 +437,37 @@ def read_job_file(job_dir: str | Path) -> dict[str, Any] | None:
         raise InputError(path, f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError(path, "not a JSON object")
+    for key, kinds, what in _JOB_FIELDS:
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise InputError(path, f"{key} must be {what}, got {value!r:.40}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(path, f"{key} must be finite, got {value!r}")
+    for name, offset in (data.get("log_offsets") or {}).items():
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InputError(path, f"log_offsets.{name} must be a byte offset >= 0, got {offset!r:.40}")
     return data
 
 
+_NUM = (int, float)
+_JOB_FIELDS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("start_time", _NUM, "a number (seconds since 1970)"),
+    ("pid", int, "an integer"), ("pgid", int, "an integer"), ("sid", int, "an integer"),
+    ("proc_start", int, "an integer"),
+    ("backend", str, "a string"), ("host", str, "a string"), ("job_dir", str, "a string"),
+    ("project_dir", str, "a string"), ("output_root", str, "a string"),
+    ("job_id", (str, int), "a string"), ("queue_job_id", (str, int), "a string"),
+    ("params", dict, "an object"), ("log_offsets", dict, "an object"),
+    ("ground_truth", str, "a string"), ("mask", str, "a string"),
+    ("pids", list, "a list"), ("mpi_procs", int, "an integer"),
+)
+"""Fields of credgui_job.json that readers use, checked at the door (None is allowed)."""
+
+
 def _write_job_file(job_dir: Path, data: Mapping[str, Any]) -> None:
-    path = job_dir / JOB_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_json_atomic
+
+    write_json_atomic(job_dir / JOB_FILE, dict(data), sort_keys=True, allow_nan=True)
 
 
 def _file_size(path: Path) -> int:

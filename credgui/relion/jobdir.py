@@ -20,6 +20,7 @@ never raises on half-written files: parse results are cached by (path, size, mti
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,6 +34,8 @@ import numpy as np
 
 from credgui.errors import InputError
 from credgui.relion.star import Block, get_block, parse_star
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "HookRecord",
@@ -462,9 +465,12 @@ def _opt_int(v) -> int | None:
         return None
 
 
+_WARNED: set[tuple[str, int]] = set()
+
+
 def read_hook_records(job_dir: str | Path, start_offset: int = 0) -> tuple[HookRecord, ...]:
     """Parse ``credgui_hook.jsonl`` from byte ``start_offset`` on; a partly written last line
-    and malformed lines are skipped (never raises)."""
+    and malformed lines are skipped with a logged warning, once per line (never raises)."""
     path = Path(job_dir) / HOOK_LOG
     try:
         with open(path, "rb") as fh:
@@ -485,8 +491,12 @@ def read_hook_records(job_dir: str | Path, start_offset: int = 0) -> tuple[HookR
         try:
             obj = json.loads(raw)
         except ValueError:
-            continue
+            obj = None
         if not isinstance(obj, dict):
+            key = (str(path), line_start)
+            if key not in _WARNED:
+                _WARNED.add(key)
+                log.warning("%s: skipped a torn or malformed line at byte %d: %.60r", path, line_start, raw)
             continue
         timings = obj.get("timings") if isinstance(obj.get("timings"), dict) else {}
         error = obj.get("error")

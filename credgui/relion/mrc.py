@@ -5,13 +5,14 @@ Arrays are numpy in MRC order: (z, y, x) for volumes, (n, y, x) for stacks.
 
 from __future__ import annotations
 
-import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 
+from credgui._io import atomic_open
 from credgui.errors import InputError
 
 
@@ -28,8 +29,10 @@ def read_mrc(
     shape, or holds NaN/Inf.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(path, "MRC file not found")
+    if not path.is_file():
+        raise InputError(path, "not a regular file (a device, folder or pipe), so not an MRC file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # mrcfile warns (not raises) on a truncated file
@@ -38,11 +41,17 @@ def read_mrc(
                 data = mrc.data
             else:
                 with mrcfile.open(path, mode="r", permissive=False) as mrc:
-                    data = np.asarray(mrc.data, dtype=np.float32).copy()
-    except (ValueError, RuntimeWarning, OSError, EOFError) as exc:
+                    data = mrc.data
+                    if data is not None and not np.iscomplexobj(data):
+                        data = np.asarray(data, dtype=np.float32).copy()
+    except (ValueError, RuntimeWarning, OSError, EOFError, OverflowError) as exc:
+        # OverflowError: mmap of a header with a negative size (nx = -5)
         raise InputError(path, f"not a readable MRC file ({_short(exc)})") from None
     if data is None:
         raise InputError(path, "MRC file holds no data")
+    if np.iscomplexobj(data):
+        raise InputError(path, f"holds complex values (MRC mode {_mode(data)}) where a real map is "
+                               "expected; its imaginary part would be dropped")
     if expect_shape is not None and tuple(data.shape) != tuple(expect_shape):
         raise InputError(
             path, f"shape {tuple(data.shape)} (z,y,x) where {tuple(expect_shape)} is expected"
@@ -62,19 +71,36 @@ def read_voxel_size(path: str | Path) -> float:
         raise InputError(path, f"not a readable MRC file ({_short(exc)})") from None
 
 
-def write_mrc_atomic(path: str | Path, data: np.ndarray, voxel_size: float | None = None) -> None:
+def write_mrc_atomic(
+    path: str | Path,
+    data: np.ndarray,
+    voxel_size: float | None = None,
+    *,
+    before_replace: Callable[[], None] | None = None,
+) -> None:
     """Write float32 ``data`` to ``path`` via a temporary file in the same directory and rename,
-    so readers (RELION, the GUI) never see a half-written map."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
-            if voxel_size:
-                mrc.voxel_size = float(voxel_size)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    so readers (RELION, the GUI) never see a half-written map (``credgui._io.atomic_open``).
+
+    ``before_replace``: called once the map is complete, before it is renamed into place; if
+    it raises, the map is discarded and ``path`` is untouched (the hook logs its record there).
+    """
+    from mrcfile.mrcinterpreter import MrcInterpreter
+
+    with atomic_open(path) as fh:
+        # mrcfile's documented way to write to a stream we opened (credgui._io: O_EXCL temp)
+        mrc = MrcInterpreter()
+        mrc._create_default_attributes()
+        mrc._iostream = fh
+        mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
+        if voxel_size:
+            mrc.voxel_size = float(voxel_size)
+        mrc.flush()
+        if before_replace is not None:
+            before_replace()
+
+
+def _mode(data: np.ndarray) -> int:
+    return 4 if data.dtype == np.complex64 else 3
 
 
 def _short(exc: BaseException) -> str:

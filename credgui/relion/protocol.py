@@ -113,8 +113,10 @@ def read_call(star_path: str | Path) -> ExternalReconstructCall:
         raise InputError(star, f"_rlnCurrentImageSize {current_size} not in (0, {ori_size}]")
     if not 1 <= padding <= 4:
         raise InputError(star, f"_rlnPaddingFactor {padding} outside [1, 4]")
-    if not fudge > 0:
-        raise InputError(star, f"_rlnTau2FudgeFactor {fudge} must be > 0")
+    if not (np.isfinite(fudge) and fudge > 0):
+        raise InputError(star, f"_rlnTau2FudgeFactor {fudge} must be a finite number > 0")
+    if not np.isfinite(padding):
+        raise InputError(star, f"_rlnPaddingFactor {padding} must be finite")
     index = np.asarray(column(tau_block, "rlnSpectralIndex", star, int))
     tau2 = np.asarray(column(tau_block, "rlnReferenceTau2", star, float))
     fsc = np.asarray(column(tau_block, "rlnGoldStandardFsc", star, float))
@@ -157,6 +159,9 @@ def read_arrays(call: ExternalReconstructCall) -> tuple[np.ndarray, np.ndarray]:
     weight = np.array(_float32(read_mrc(call.weight, shape, mmap=True)), dtype=np.float32)
     if (weight < 0).any():
         raise InputError(call.weight, "negative values in the weight array K")
+    if not weight.any():
+        raise InputError(call.weight, "the weight array K is all zero (no particle contributed): "
+                                      "nothing to reconstruct")
     return data, weight
 
 

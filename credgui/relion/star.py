@@ -9,7 +9,6 @@ particle tables that users edit are read with ``starfile`` elsewhere.
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -42,13 +41,15 @@ def parse_star(text: str, path: str | Path | None = None) -> dict[str, Block]:
     current: Block | None = None
     loop_labels: list[str] | None = None
     in_loop_header = False
+    block_name = ""
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith("data_"):
             current = {}
-            blocks[line[5:]] = current
+            block_name = line[5:]
+            blocks[block_name] = current
             loop_labels, in_loop_header = None, False
             continue
         if current is None:
@@ -59,6 +60,9 @@ def parse_star(text: str, path: str | Path | None = None) -> dict[str, Block]:
         if line.startswith("_"):
             parts = line[1:].split(None, 1)
             label = parts[0]
+            if label in current:
+                raise InputError(path, f"line {lineno}: label _{label} appears twice in data_{block_name}; "
+                                       "which one is meant is ambiguous")
             if in_loop_header and loop_labels is not None:
                 loop_labels.append(label)
                 current[label] = []
@@ -147,10 +151,6 @@ def _fmt(value: Any) -> str:
 
 def write_star_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from credgui._io import write_text_atomic
+
+    write_text_atomic(path, text)

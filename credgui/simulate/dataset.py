@@ -247,12 +247,31 @@ def validate_parameters(
         raise InputError(model, f"pixel size {pixel_size} A: Nyquist is coarser than the 30 A initial model")
 
 
+DATASET_FILES = frozenset({"particles.star", "particles.mrcs", "true_poses.star", "ground_truth.mrc",
+                           "initial_model.mrc", "mask.mrc", "manifest.json"})
+"""What a data set folder holds: ``--force`` replaces a folder only when it holds nothing else."""
+
+
 def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists():
-        if not out_dir.is_dir():
+    """InputError unless ``out_dir`` may become (or be replaced by) a data set: missing, empty,
+    or, with ``force``, an earlier data set and nothing else (never the current directory or
+    one that holds it: it is replaced by a rename)."""
+    where = Path(os.path.abspath(out_dir))
+    if where.exists() or where.is_symlink():
+        if where.is_symlink() or not where.is_dir():
             raise InputError(out_dir, "exists and is not a directory")
-        if any(out_dir.iterdir()) and not force:
+        resolved, cwd = where.resolve(), Path.cwd().resolve()
+        entries = sorted(p.name for p in where.iterdir())
+        if resolved == cwd or resolved in cwd.parents:
+            raise InputError(out_dir, "is the current directory (or holds it), which a data set would "
+                                      "replace: choose a new folder, e.g. -o dataset")
+        if entries and not force:
             raise InputError(out_dir, "exists and is not empty (use --force to replace it)")
+        others = [name for name in entries if name not in DATASET_FILES and not name.startswith(".")]
+        if others:
+            shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+            raise InputError(out_dir, f"--force replaces only a credgui data set, and this folder also "
+                                      f"holds {shown}: move them or choose another -o")
 
 
 def _versions() -> dict:
@@ -313,7 +332,7 @@ def iter_simulate_dataset(
 
     t0 = time.perf_counter()
     model = Path(model)
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))
     validate_parameters(
         model,
         box=box,
@@ -491,8 +510,7 @@ def _replace_dir(tmp: Path, out_dir: Path, force: bool) -> None:
     """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` (checked before) is moved aside first."""
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
     if out_dir.exists():
-        if any(out_dir.iterdir()) and not force:
-            raise InputError(out_dir, "exists and is not empty (use --force to replace it)")
+        _check_out_dir(out_dir, force)  # again: it may have changed while we simulated
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.rename(out_dir, old)
         try:

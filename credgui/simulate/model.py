@@ -128,6 +128,20 @@ def pdbqt_to_pdb(text: str, path: str | Path | None = None) -> str:
     return "\n".join(out) + "\nEND\n"
 
 
+def _check_pdb_coordinates(text: str, path: str | Path) -> None:
+    """InputError naming the line when an ATOM/HETATM coordinate (columns 31-54) is not a
+    number: gemmi reads ``ab.000`` as 0 and would put the atom at the origin silently."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if line.startswith(("ATOM  ", "HETATM")):
+            for axis, field in zip("xyz", (line[30:38], line[38:46], line[46:54])):
+                try:
+                    value = float(field)
+                except ValueError:
+                    raise InputError(path, f"line {lineno}: {axis} coordinate {field.strip()!r} is not a number") from None
+                if not math.isfinite(value):
+                    raise InputError(path, f"line {lineno}: {axis} coordinate {field.strip()!r} is not finite")
+
+
 def read_structure(path: str | Path):
     """Read PDB, mmCIF or PDBQT (optionally gzipped) into a gemmi Structure, first model only.
     Raises InputError naming the file when it cannot be parsed or holds no atoms."""
@@ -138,6 +152,8 @@ def read_structure(path: str | Path):
         raise InputError(path, "atomic model file not found")
     name = path.name.lower().removesuffix(".gz")
     text = _read_text(path)
+    if not name.endswith((".cif", ".mmcif")):
+        _check_pdb_coordinates(text, path)
     try:
         if name.endswith(".pdbqt"):
             st = gemmi.read_pdb_string(pdbqt_to_pdb(text, path))

@@ -131,8 +131,13 @@ def test_existing_directory_needs_force(tmp_path, demo_structure):
         simulate_dataset(demo_structure, out, **SMALL)
     assert err.value.path == out and "--force" in str(err.value)
     assert (out / "keep.txt").read_text() == "precious"
-    m = simulate_dataset(demo_structure, out, force=True, **SMALL)
-    assert not (out / "keep.txt").exists() and m.particles_star.is_file()
+    with pytest.raises(InputError, match="replaces only a credgui data set.*keep.txt"):
+        simulate_dataset(demo_structure, out, force=True, **SMALL)  # --force never deletes others' files
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    simulate_dataset(demo_structure, out, **SMALL)
+    m = simulate_dataset(demo_structure, out, force=True, **SMALL)  # an earlier data set: replaced
+    assert m.particles_star.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or old dirs left
 
 
@@ -155,11 +160,15 @@ def _bad_models(tmp_path, demo_structure):
         "snr negative": (demo_structure, None, dict(snr=-1.0), "SNR"),
         "odd box": (demo_structure, None, dict(box=41), "even"),
         "defocus reversed": (demo_structure, None, dict(defocus_um=(2.0, 0.5)), "defocus"),
+        "bad coordinate": (tmp_path / "badxyz.pdb",
+                           helix_pdb().replace(helix_pdb().splitlines()[3][30:38], "  ab.000", 1), {},
+                           "line 4: x coordinate 'ab.000' is not a number"),
     }
 
 
 BAD_CASES = ["unknown element", "unknown autodock type", "no atoms", "only waters", "too big", "missing",
-             "pixel size 0", "pixel size nan", "snr 0", "snr negative", "odd box", "defocus reversed"]
+             "pixel size 0", "pixel size nan", "snr 0", "snr negative", "odd box", "defocus reversed",
+             "bad coordinate"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
