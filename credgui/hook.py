@@ -42,6 +42,7 @@ from credgui.relion.mrc import write_mrc_atomic
 from credgui.relion.protocol import (
     ExternalReconstructCall,
     find_pixel_size,
+    find_symmetry,
     read_arrays,
     read_call,
 )
@@ -72,7 +73,10 @@ def _open_denoiser(call: ExternalReconstructCall, config: HookConfig) -> Any:
 
 
 def _pixel_size(call: ExternalReconstructCall, config: HookConfig, required: bool) -> float | None:
-    """config.pixel_size, else the run's model/data STAR; an InputError if required and unknown."""
+    """RELION's own ``_rlnPixelSize`` (4.0/5.0 hook STAR), else config.pixel_size, else the run's
+    model/data STAR; an InputError if required and unknown."""
+    if call.pixel_size:
+        return float(call.pixel_size)
     if config.pixel_size:
         return float(config.pixel_size)
     found = find_pixel_size(call)
@@ -85,6 +89,22 @@ def _pixel_size(call: ExternalReconstructCall, config: HookConfig, required: boo
             f"one; the denoiser {config.denoiser!r} needs it: add pixel_size = <A/px>",
         )
     return None
+
+
+def _symmetry(call: ExternalReconstructCall, config: HookConfig) -> str:
+    """The run's point group: config.symmetry (written at launch from ``--sym``), else
+    ``_rlnSymmetryGroup`` of the job's newest ``*_sampling.star``, else C1."""
+    from credgui.recon.symmetry import normalise_group
+
+    if config.symmetry:
+        return normalise_group(config.symmetry)
+    found = find_symmetry(call)
+    if found is None:
+        return "C1"
+    try:
+        return normalise_group(found[0])
+    except ValueError as exc:
+        raise InputError(found[1], f"_rlnSymmetryGroup: {exc}") from None
 
 
 def run(star: str | Path) -> dict[str, Any]:
@@ -110,6 +130,7 @@ def run(star: str | Path) -> dict[str, Any]:
     resolution = nominal_resolution(call.fsc, pixel_size, n) if pixel_size else None
     lam = 0.0
     low = high = None
+    symmetry = None
     numerator = data
     denoiser = _open_denoiser(call, config) if use_denoiser else None
     if denoiser is not None:
@@ -120,6 +141,11 @@ def run(star: str | Path) -> dict[str, Any]:
         denoised = denoise_map(unreg, denoiser, pixel_size, info.voxel_size)
         if denoised.shape != (n, n, n) or not np.isfinite(denoised).all():
             raise InputError(call.output_path("credgui_denoised.mrc"), "denoised map is not finite")
+        symmetry = _symmetry(call, config)
+        if symmetry != "C1":  # RELION symmetrised B and K; f(x~) must follow the same group
+            from credgui.recon.symmetry import symmetrise
+
+            denoised = symmetrise(denoised, symmetry)
         write_mrc_atomic(call.output_path("credgui_denoised.mrc"), denoised, pixel_size)
         timings["denoise"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -154,7 +180,7 @@ def run(star: str | Path) -> dict[str, Any]:
         "padding": pad, "pixel_size": pixel_size, "nominal_resolution": resolution, "lambda": lam,
         "lambda_low_res": low if low is not None else config.lambda_low_res,
         "lambda_high_res": high if high is not None else config.lambda_high_res,
-        "lambda_max": config.lambda_max, "denoiser": config.denoiser,
+        "lambda_max": config.lambda_max, "denoiser": config.denoiser, "symmetry": symmetry,
         "worker": bool(getattr(denoiser, "used_worker", False)),
         "timings": timings, "status": "ok",
     }

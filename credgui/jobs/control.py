@@ -32,6 +32,7 @@ from credgui.jobs.launch import (
     mpirun_prefix,
     project_dir_of,
     read_job_file,
+    refuse_blush,
     render_submit_script,
     submit_script,
 )
@@ -140,9 +141,13 @@ def continue_command(job_dir: str | Path, *, auto_iter_max: int | None = None,
                      extra_args: Sequence[str] = ()) -> tuple[list[str], int, int]:
     """The relion_refine_mpi command that continues ``job_dir`` from its last complete iteration
     (as RELION's GUI does: ``--continue JOB/run_itNNN_optimiser.star --o JOB/run_ctNNN``), and
-    the (MPI ranks, threads) to run it with. ``--external_reconstruct`` is not repeated:
-    relion_refine 3.1.3 ignores it on continue ("not a valid RELION argument") and restores it
-    from the optimiser STAR (``_rlnDoExternalReconstruct``). ``auto_iter_max``: None continues to convergence."""
+    the (MPI ranks, threads) to run it with. ``--external_reconstruct`` is passed again whenever
+    the job ran with it (``_rlnDoExternalReconstruct`` of the optimiser STAR, or its recorded
+    parameters): RELION 4.0 and 5.0 parse it from the command line on ``--continue``
+    (``MlOptimiser::parseContinue``) and without it run their own M-step; 3.1 restores it from
+    the STAR and only warns that the option is "not a valid RELION argument" (harmless).
+    ``--blush`` (RELION 5) with it is refused: RELION would run Blush and never the hook.
+    ``auto_iter_max``: None continues to convergence."""
     job = Path(os.path.abspath(job_dir))
     state = scan_job(job)
     if state.status == "running":
@@ -180,6 +185,12 @@ def continue_command(job_dir: str | Path, *, auto_iter_max: int | None = None,
         if auto_iter_max <= last.number:
             raise InputError(job, f"auto_iter_max {auto_iter_max} must be after the last iteration ({last.number})")
         cmd += ["--auto_iter_max", str(auto_iter_max)]
+    external = bool(opt.do_external_reconstruct) or "--external_reconstruct" in shlex.split(line)
+    if params.get("external_reconstruct") is False:
+        external = False
+    if external:
+        cmd.append("--external_reconstruct")
+        refuse_blush(job / "credgui_job.json", [*shlex.split(line), *extra_args])
     cmd += ["--pipeline_control", f"{rel_job}/", *extra_args]
     mpi = int(params.get("mpi_procs") or record.get("mpi_procs") or 3)
     threads = int(pick("threads", "--j", "1"))

@@ -73,6 +73,7 @@ __all__ = [
     "queue_name",
     "submit_queue",
     "read_job_file",
+    "refuse_blush",
 ]
 
 JOB_FILE = "credgui_job.json"
@@ -297,6 +298,15 @@ def relion_command(params: RefineParams) -> list[str]:
     return cmd
 
 
+def refuse_blush(source: str | Path | None, args: Sequence[str]) -> None:
+    """InputError if ``args`` hold RELION 5's ``--blush``: with it relion_refine runs Blush's
+    reconstruction and never calls the external-reconstruct hook (ml_optimiser.cpp, 5.0), so
+    CW-RED would be replaced without a word."""
+    if "--blush" in args:
+        raise InputError(source, "--blush (RELION 5) replaces the --external_reconstruct hook, so CW-RED "
+                                 "would never run: drop --blush, or run without credgui's M-step")
+
+
 def _fmt_num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
@@ -339,6 +349,8 @@ def validate_params(params: RefineParams) -> RefineParams:
     from credgui.relion.mrc import read_voxel_size  # mrcfile: only when launching
 
     p = params
+    if p.external_reconstruct:
+        refuse_blush(p.job_dir, p.extra_args)
     proj = project_dir_of(p.job_dir)
     for name in ("particles_star", "initial_model", "solvent_mask", "ground_truth", "mask"):
         path = getattr(p, name)
@@ -398,6 +410,8 @@ def validate_params(params: RefineParams) -> RefineParams:
     hook_cfg = p.hook_config
     if hook_cfg.pixel_size is None:
         hook_cfg = dataclasses.replace(hook_cfg, pixel_size=pixel)
+    if hook_cfg.symmetry is None:  # the hook symmetrises f(x~) with the run's point group
+        hook_cfg = dataclasses.replace(hook_cfg, symmetry=p.symmetry)
     hook_cfg.validate(p.job_dir / CONFIG_NAME)
     return dataclasses.replace(
         p, job_dir=Path(os.path.abspath(p.job_dir)), pixel_size=pixel, hook_config=hook_cfg

@@ -196,6 +196,7 @@ def test_validate_fills_pixel_size_from_optics(tmp_path):
         ({}, dict(particle_diameter=40), r"particle diameter 40 A must be > 0 and fit the box \(16 px x 2 A = 32 A\)"),
         ({}, dict(mpi_procs=2), r"at least 3 MPI processes"),
         ({}, dict(symmetry="C 1"), r"symmetry must be a point group"),
+        ({}, dict(extra_args=("--blush",)), r"job004: --blush \(RELION 5\) replaces the --external_reconstruct hook"),
     ],
 )
 def test_validate_rejects_bad_input_with_one_line(tmp_path, setup, kw, match):
@@ -225,3 +226,12 @@ def test_launch_refuses_a_job_dir_that_holds_a_refinement(tmp_path):
     (job / "run_it002_optimiser.star").write_text("data_optimiser_general\n")
     with pytest.raises(InputError, match="already holds a refinement"):
         launch.launch_local(_params(proj, job_dir=job, particle_diameter=20), hook="true")
+
+
+def test_blush_without_the_hook_is_allowed_and_the_config_records_the_symmetry(tmp_path):
+    proj = tmp_path / "proj"
+    _write_dataset(proj)
+    p = validate_params(_params(proj, particle_diameter=20, extra_args=("--blush",), external_reconstruct=False))
+    assert "--blush" in relion_command(p) and "--external_reconstruct" not in relion_command(p)
+    p = validate_params(_params(proj, particle_diameter=20, symmetry="D7"))
+    assert p.hook_config.symmetry == "D7"

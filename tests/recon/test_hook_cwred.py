@@ -111,7 +111,7 @@ def synthetic_job(tmp_path):
 
 def test_lambda_zero_with_a_denoiser_equals_no_denoiser(synthetic_job, tmp_path):
     job, star = synthetic_job
-    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\n')
+    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\nkeep_inputs = true\n')
     assert _run_hook(star, tmp_path).returncode == 0
     plain = mrcfile.read(read_call(star).result)
     # FSC crossing at ~6 shells -> 24 * 2 / 6 = 8 A, worse than lambda_low_res = 5 A: lambda = 0
@@ -192,3 +192,29 @@ def test_corrupt_input_exits_non_zero_naming_the_file(synthetic_job, tmp_path, w
     assert not call.result.exists()
     assert not list(job.glob(".*.tmp"))
     assert _records(job)[-1]["status"] == "error"
+
+
+def test_by_default_the_arrays_go_after_a_successful_call_and_keep_inputs_keeps_them(synthetic_job, tmp_path):
+    job, star = synthetic_job
+    call = read_call(star)
+    (job / "credgui.toml").write_text('denoiser = "none"\nkeep_inputs = true\n')
+    assert _run_hook(star, tmp_path).returncode == 0
+    assert call.data_real.exists() and call.data_imag.exists() and call.weight.exists()
+    (job / "credgui.toml").write_text('denoiser = "none"\n')  # keep_inputs left at its default
+    assert _run_hook(star, tmp_path).returncode == 0
+    assert call.result.exists()
+    assert not (call.data_real.exists() or call.data_imag.exists() or call.weight.exists())
+
+
+def test_relion_4_pixel_size_in_the_star_wins(synthetic_job, tmp_path):
+    """RELION 4.0/5.0 write _rlnPixelSize (and _rlnParticleDiameter) into the hook STAR."""
+    job, star = synthetic_job
+    text = star.read_text().replace("_rlnCurrentImageSize", "_rlnPixelSize 1.75\n_rlnParticleDiameter 40\n"
+                                    "_rlnCurrentImageSize")
+    star.write_text(text)
+    (job / "credgui.toml").write_text('denoiser = "test-scale"\npixel_size = 2.0\n')
+    proc = _run_hook(star, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _records(job)[-1]["pixel_size"] == 1.75
+    with mrcfile.open(read_call(star).result) as mrc:
+        assert abs(float(mrc.voxel_size.x) - 1.75) < 1e-5
