@@ -52,9 +52,11 @@ JSONL_NAME = "credgui_hook.jsonl"
 
 def _denoiser_options(config: HookConfig) -> dict[str, Any]:
     """The plugin's options: ``denoiser_options`` plus the top-level ``weights``/``device``."""
+    from credgui.resources import resolve_resource
+
     options = dict(config.denoiser_options)
-    if config.weights:
-        options.setdefault("weights", config.weights)
+    if config.weights:  # "credgui:models/..." names a shipped file wherever credgui is now
+        options.setdefault("weights", str(resolve_resource(config.weights)))
     if config.device and config.device != "auto":
         options.setdefault("device", config.device)
     return options

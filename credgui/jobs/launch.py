@@ -48,7 +48,7 @@ from credgui.relion.jobdir import (
     first_image_stack,
     read_optics,
 )
-from credgui.resources import resource_path
+from credgui.resources import portable_resource, resource_path
 
 __all__ = [
     "LaunchError",
@@ -410,6 +410,8 @@ def validate_params(params: RefineParams) -> RefineParams:
     hook_cfg = p.hook_config
     if hook_cfg.pixel_size is None:
         hook_cfg = dataclasses.replace(hook_cfg, pixel_size=pixel)
+    if hook_cfg.weights:  # shipped weights by a reference that survives moving the install
+        hook_cfg = dataclasses.replace(hook_cfg, weights=portable_resource(hook_cfg.weights))
     if hook_cfg.symmetry is None:  # the hook symmetrises f(x~) with the run's point group
         hook_cfg = dataclasses.replace(hook_cfg, symmetry=p.symmetry)
     hook_cfg.validate(p.job_dir / CONFIG_NAME)

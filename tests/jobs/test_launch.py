@@ -235,3 +235,18 @@ def test_blush_without_the_hook_is_allowed_and_the_config_records_the_symmetry(t
     assert "--blush" in relion_command(p) and "--external_reconstruct" not in relion_command(p)
     p = validate_params(_params(proj, particle_diameter=20, symmetry="D7"))
     assert p.hook_config.symmetry == "D7"
+
+
+def test_shipped_weights_are_recorded_so_that_moving_the_install_keeps_them(tmp_path):
+    from credgui.resources import portable_resource, resolve_resource, resource_path
+
+    proj = tmp_path / "proj"
+    _write_dataset(proj)
+    shipped = resource_path("models", "cwred_unet.pt")
+    p = validate_params(_params(proj, particle_diameter=20, hook_config=HookConfig(weights=str(shipped))))
+    assert p.hook_config.weights == "credgui:models/cwred_unet.pt"
+    assert resolve_resource(p.hook_config.weights) == shipped
+    mine = tmp_path / "my_model.pt"
+    assert portable_resource(mine) == str(mine)  # a user's own file stays where it is
+    with pytest.raises(ValueError, match="bad shipped-file reference"):
+        resolve_resource("credgui:../etc/passwd")
