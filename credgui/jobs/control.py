@@ -37,7 +37,8 @@ from credgui.jobs.launch import (
     submit_script,
 )
 from credgui.jobs.watch import JobState, queue_state, scan_job
-from credgui.relion.jobdir import is_relion_job_dir, read_optimiser_star
+from credgui.relion import pipeline
+from credgui.relion.jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, is_relion_job_dir, read_optimiser_star
 
 __all__ = ["stop_job", "continue_job", "adopt_job", "continue_command"]
 
@@ -126,6 +127,10 @@ def stop_job(job_dir: str | Path, timeout: float = 15.0) -> JobState:
         if left:
             _signal_all(left, signal.SIGKILL)
             time.sleep(0.5)
+    if record.get("pipeline") and not any((job / n).exists() for n in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED)):
+        # as RELION's own abort ends: RELION_JOB_EXIT_ABORTED, then the pipeline says Aborted
+        (job / EXIT_ABORTED).touch()
+        pipeline.check_completion(project_dir_of(job), record["pipeline"].get("pipeliner"))
     return scan_job(job)
 
 
@@ -222,6 +227,15 @@ def continue_job(
     if hook is None and old.get("hook"):
         hook = old["hook"]
     env_extra = _hook_env(job, hook)
+    pipe = old.get("pipeline")
+    if pipe and pipeline.set_status(project_dir_of(job), pipe["process"], "running"):
+        # RELION's GUI sets a continued job Running again and notes the command
+        with open(job / "note.txt", "a") as fh:
+            fh.write(f"\n ++++ Executing new job on {time.ctime()}\n ++++ with the following command(s): \n"
+                     f"{shlex.join(relion_cmd)}\n ++++ \n")
+        env_extra["CREDGUI_PIPELINER"] = pipe["pipeliner"]
+    else:
+        pipe = None
     use_queue = (backend == "queue") if backend is not None else old.get("backend") in ("slurm", "queue")
     _clear_markers(job)
     params = None
@@ -234,6 +248,7 @@ def continue_job(
     history.append({k: v for k, v in old.items() if k != "history"})
     record["history"] = history
     record["continued_from"] = relion_cmd[2]
+    record["pipeline"] = pipe
     if use_queue:
         script = render_submit_script(job, relion_cmd, mpi, threads, template, queue, extra, hook=hook)
         job_id, kind, command = submit_script(job, script, hook, submit_command)

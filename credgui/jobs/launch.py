@@ -543,12 +543,16 @@ def _hook_env(job_dir: Path, hook: str | None) -> dict[str, str]:
     return env
 
 
-_WRAPPER = '"$@"; rc=$?; printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; exit "$rc"'
+_WRAPPER = ('"$@"; rc=$?; printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; '
+            # a job in RELION's pipeline: let RELION record its end (status, output nodes)
+            'if [ -n "$CREDGUI_PIPELINER" ]; then $CREDGUI_PIPELINER --check_job_completion >/dev/null 2>&1; fi; '
+            'exit "$rc"')
 
 
 def _start_local(job_dir: Path, command: list[str], env_extra: Mapping[str, str]) -> subprocess.Popen:
     proj = project_dir_of(job_dir)
     env = dict(os.environ)
+    env.pop("CREDGUI_PIPELINER", None)  # only a job registered in RELION's pipeline has it
     env.update(env_extra)
     env["CREDGUI_EXIT_FILE"] = str(job_dir / EXIT_FILE)
     with open(job_dir / "run.out", "ab") as out, open(job_dir / "run.err", "ab") as err:
@@ -561,6 +565,55 @@ def _start_local(job_dir: Path, command: list[str], env_extra: Mapping[str, str]
             stderr=err,
             start_new_session=True,  # its own process group: stop_job kills all of it
         )
+
+
+_SAMPLING = {0: "30 degrees", 1: "15 degrees", 2: "7.5 degrees", 3: "3.7 degrees", 4: "1.8 degrees",
+             5: "0.9 degrees", 6: "0.5 degrees", 7: "0.2 degrees", 8: "0.1 degrees"}
+
+
+def relion_job_options(params: RefineParams) -> dict[str, str]:
+    """RELION's Refine3D job options (job.star) describing ``params``, so that RELION's GUI
+    shows the job's inputs and settings; ``other_args`` holds ``--external_reconstruct`` and
+    the extra arguments."""
+    p = params
+    proj = project_dir_of(p.job_dir)
+    yes = lambda b: "Yes" if b else "No"  # noqa: E731
+    other = (["--external_reconstruct"] if p.external_reconstruct else []) + list(p.extra_args)
+    opts = {
+        "fn_img": _rel(p.particles_star, proj),
+        "fn_ref": _rel(p.initial_model, proj),
+        "fn_mask": _rel(p.solvent_mask, proj) if p.solvent_mask is not None else "",
+        "ref_correct_greyscale": yes(p.absolute_greyscale),
+        "ini_high": _fmt_num(p.ini_high),
+        "sym_name": p.symmetry,
+        "do_ctf_correction": yes(p.ctf),
+        "particle_diameter": _fmt_num(p.particle_diameter),
+        "do_zero_mask": yes(p.zero_mask),
+        "sampling": _SAMPLING.get(p.healpix_order, "7.5 degrees"),
+        "auto_local_sampling": _SAMPLING.get(p.auto_local_healpix_order, "1.8 degrees"),
+        "offset_range": _fmt_num(p.offset_range),
+        "offset_step": _fmt_num(p.offset_step),
+        "do_pad1": yes(p.pad == 1),
+        "nr_pool": str(p.pool),
+        "nr_mpi": str(p.mpi_procs),
+        "nr_threads": str(p.threads),
+        "other_args": shlex.join(other),
+    }
+    return {k: v for k, v in opts.items() if v != "" or k == "fn_mask"}
+
+
+def _register(params: RefineParams, command: Sequence[str], env_extra: dict[str, str]) -> dict[str, Any] | None:
+    """Put the job into its RELION project's pipeline (credgui.relion.pipeline) when the job
+    directory is ``PROJECT/Refine3D/jobNNN`` and relion_pipeliner is installed."""
+    from credgui.relion import pipeline
+
+    job = params.job_dir
+    if not (re.fullmatch(r"job\d+", job.name) and job.parent.name == "Refine3D"):
+        return None
+    info = pipeline.register_job(job, relion_job_options(params), list(command))
+    if info is not None:
+        env_extra["CREDGUI_PIPELINER"] = info["pipeliner"]
+    return info
 
 
 def _now_iso() -> str:
@@ -604,8 +657,9 @@ def launch_local(params: RefineParams, *, hook: str | None = None) -> JobHandle:
     env_extra = _hook_env(job, hook)
     command = local_command(params)
     _clear_markers(job)
+    pipe = _register(params, command, env_extra)
     record = _base_record(params, job, "local", env_extra)
-    record.update(command=command, relion_command=relion_command(params))
+    record.update(command=command, relion_command=relion_command(params), pipeline=pipe)
     proc = _start_local(job, command, env_extra)
     record.update(pid=proc.pid, pgid=proc.pid, sid=proc.pid, proc_start=_proc.proc_start_time(proc.pid), job_id=str(proc.pid))
     _write_job_file(job, record)
@@ -799,9 +853,11 @@ def submit_queue(
     job = params.job_dir
     _clear_markers(job)
     script = write_submit_script(params, template, queue, extra, hook=hook)
+    pipe = _register(params, relion_command(params), {})
     job_id, backend, command = submit_script(job, script, hook, submit_command)
     record = _base_record(params, job, backend, _hook_env(job, hook))
     record.update(
+        pipeline=pipe,
         command=command,
         relion_command=relion_command(params),
         job_id=job_id,
