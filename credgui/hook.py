@@ -68,8 +68,13 @@ def _open_denoiser(call: ExternalReconstructCall, config: HookConfig) -> Any:
     time (torch import, weights) shows in the ``denoise`` stage."""
     from credgui.denoise.dispatch import open_denoiser
 
+    socket_path = config.worker_socket
+    if socket_path and call.half == 2:  # a job on two GPUs runs a second worker for half 2
+        half2 = Path(socket_path).with_name(Path(socket_path).name.replace(".sock", "_half2.sock"))
+        if half2.exists():
+            socket_path = str(half2)
     try:
-        return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=config.worker_socket)
+        return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=socket_path)
     except (ValueError, ImportError) as exc:
         raise InputError(config_path(call.job_dir), f"denoiser {config.denoiser!r}: {exc}") from None
 
@@ -184,6 +189,7 @@ def run(star: str | Path) -> dict[str, Any]:
         "lambda_high_res": high if high is not None else config.lambda_high_res,
         "lambda_max": config.lambda_max, "denoiser": config.denoiser, "symmetry": symmetry,
         "worker": bool(getattr(denoiser, "used_worker", False)),
+        "worker_seconds": getattr(denoiser, "worker_seconds", None) or None,
         "timings": timings, "status": "ok",
     }
     _append_record(call.job_dir, record)

@@ -28,6 +28,7 @@ from credgui.jobs.launch import (
     _now_iso,
     _rel,
     _start_local,
+    _worker_env,
     _write_job_file,
     mpirun_prefix,
     project_dir_of,
@@ -127,11 +128,44 @@ def stop_job(job_dir: str | Path, timeout: float = 15.0) -> JobState:
         if left:
             _signal_all(left, signal.SIGKILL)
             time.sleep(0.5)
+    _stop_workers(record, timeout)
     if record.get("pipeline") and not any((job / n).exists() for n in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED)):
         # as RELION's own abort ends: RELION_JOB_EXIT_ABORTED, then the pipeline says Aborted
         (job / EXIT_ABORTED).touch()
         pipeline.check_completion(project_dir_of(job), record["pipeline"].get("pipeliner"))
     return scan_job(job)
+
+
+def _worker_pids(sockets: Sequence[str]) -> list[int]:
+    """Live ``credgui worker --socket S`` processes (not ``--stop`` ones) for these sockets."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        args = _proc.cmdline(int(d.name))
+        if "worker" in args and "--socket" in args and "--stop" not in args:
+            i = args.index("--socket")
+            if i + 1 < len(args) and args[i + 1] in sockets:
+                found.append(int(d.name))
+    return found
+
+
+def _stop_workers(record: Mapping[str, Any], timeout: float) -> None:
+    """The job's warm workers go with it: they got SIGTERM with the job's session and exit
+    after removing their socket; wait for that, ask any left over, SIGKILL as a last resort."""
+    sockets = [str(w[0]) for w in record.get("workers") or []]
+    if not sockets:
+        return
+    deadline = time.monotonic() + timeout
+    while _worker_pids(sockets) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _worker_pids(sockets)
+    if left:
+        from credgui.denoise import worker
+
+        for sock in sockets:
+            worker.stop_worker(sock, timeout_s=5.0)
+        _signal_all(_worker_pids(sockets), signal.SIGKILL)
 
 
 def _opt_value(command_line: str, option: str) -> str | None:
@@ -227,6 +261,8 @@ def continue_job(
     if hook is None and old.get("hook"):
         hook = old["hook"]
     env_extra = _hook_env(job, hook)
+    workers = [tuple(w) for w in old.get("workers") or []]
+    env_extra.update(_worker_env(workers))  # the job's warm workers come back with it
     pipe = old.get("pipeline")
     if pipe and pipeline.set_status(project_dir_of(job), pipe["process"], "running"):
         # RELION's GUI sets a continued job Running again and notes the command
@@ -249,8 +285,10 @@ def continue_job(
     record["history"] = history
     record["continued_from"] = relion_cmd[2]
     record["pipeline"] = pipe
+    record["workers"] = [list(w) for w in workers]
     if use_queue:
-        script = render_submit_script(job, relion_cmd, mpi, threads, template, queue, extra, hook=hook)
+        script = render_submit_script(job, relion_cmd, mpi, threads, template, queue, extra, hook=hook,
+                                      workers=workers)
         job_id, kind, command = submit_script(job, script, hook, submit_command)
         record.update(backend=kind, job_id=job_id, command=command, relion_command=relion_cmd,
                       submit_script=str(script))

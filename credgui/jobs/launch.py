@@ -140,6 +140,12 @@ class RefineParams:
     external_reconstruct: bool = True
     """False: plain RELION (no ``--external_reconstruct``; the hook is never run), for
     benchmarks comparing credgui's M-step with RELION's own."""
+    warm_worker: bool = True
+    """With a denoiser: a warm ``credgui worker`` comes and goes with the job (the job's launcher
+    or queue script starts it before RELION and stops it when RELION exits; stopping the job
+    stops it), so torch and the model load once per job, not once per hook call. One worker
+    per device of RELION's ``--gpu`` (in ``extra_args``): half 1 on the first, half 2 on the
+    second; with one device both halves queue onto it (never two models on one GPU)."""
 
     def __post_init__(self) -> None:
         for name in ("particles_star", "initial_model", "job_dir", "solvent_mask", "ground_truth", "mask"):
@@ -307,6 +313,69 @@ def refuse_blush(source: str | Path | None, args: Sequence[str]) -> None:
                                  "would never run: drop --blush, or run without credgui's M-step")
 
 
+WORKER_SOCKET = "credgui_worker.sock"
+
+
+def relion_gpu_devices(args: Sequence[str]) -> list[str] | None:
+    """The torch devices of RELION's ``--gpu`` in ``args``: None without ``--gpu``; ``--gpu``
+    alone (RELION: all GPUs) -> ["cuda"]; ``--gpu 0:1`` (one group per MPI worker rank, ','
+    between a rank's threads) -> ["cuda:0", "cuda:1"] (the first device of each rank)."""
+    args = list(args)
+    if "--gpu" not in args:
+        return None
+    i = args.index("--gpu")
+    value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+    devices = []
+    for group in value.split(":"):
+        first = group.split(",")[0].strip()
+        if first:
+            if not first.isdigit():
+                raise InputError(None, f"--gpu {value!r}: device ids must be numbers like 0:1")
+            devices.append(f"cuda:{first}")
+    return devices or ["cuda"]
+
+
+def worker_socket_for(job_dir: Path, half: int = 1) -> str:
+    """The worker socket of a job: ``JOB/credgui_worker.sock`` (``_half2`` for half 2's own
+    device), or under /tmp/credgui-UID/ when the job's path is too long for a Unix socket."""
+    import hashlib
+
+    path = str(Path(os.path.abspath(job_dir)) / WORKER_SOCKET)
+    if len(os.fsencode(path)) > 94:
+        digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+        path = f"/tmp/credgui-{os.getuid()}/{digest}.sock"
+    return path if half == 1 else path[: -len(".sock")] + "_half2.sock"  # the hook's rule
+
+
+def job_workers(params: RefineParams) -> list[tuple[str, str]]:
+    """[(socket, device)] of the warm workers the job runs with (empty: none)."""
+    p = params
+    cfg = p.hook_config
+    if not (p.external_reconstruct and p.warm_worker and cfg.denoiser != "none"):
+        return []
+    devices = relion_gpu_devices(p.extra_args) or [cfg.device or "auto"]
+    first = cfg.worker_socket or worker_socket_for(p.job_dir)
+    workers = [(first, devices[0])]
+    if len(devices) > 1 and devices[1] != devices[0]:
+        workers.append((worker_socket_for(p.job_dir, half=2), devices[1]))
+    return workers
+
+
+def _worker_env(workers: Sequence[Sequence[str]]) -> dict[str, str]:
+    if not workers:
+        return {}
+    return {"CREDGUI_WORKERS": " ".join(f"{s}|{d}" for s, d in workers),
+            "CREDGUI_WORKER_CMD": shlex.join([sys.executable, "-m", "credgui.cli", "worker"])}
+
+
+# sh: start the job's warm workers (in the job's session: stopping the job stops them) ...
+_WORKERS_START = ('for w in $CREDGUI_WORKERS; do s="${w%%|*}"; mkdir -p "$(dirname "$s")"; '
+                  '$CREDGUI_WORKER_CMD --socket "$s" --device "${w#*|}" --idle-timeout 172800 '
+                  '>>"$s.log" 2>&1 & done')
+# ... and stop them when RELION has exited
+_WORKERS_STOP = 'for w in $CREDGUI_WORKERS; do $CREDGUI_WORKER_CMD --socket "${w%%|*}" --stop >/dev/null 2>&1; done'
+
+
 def _fmt_num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
@@ -412,6 +481,10 @@ def validate_params(params: RefineParams) -> RefineParams:
         hook_cfg = dataclasses.replace(hook_cfg, pixel_size=pixel)
     if hook_cfg.weights:  # shipped weights by a reference that survives moving the install
         hook_cfg = dataclasses.replace(hook_cfg, weights=portable_resource(hook_cfg.weights))
+    if (p.external_reconstruct and p.warm_worker and hook_cfg.denoiser != "none"
+            and hook_cfg.worker_socket is None):
+        hook_cfg = dataclasses.replace(hook_cfg, worker_socket=worker_socket_for(p.job_dir))
+    relion_gpu_devices(p.extra_args)  # a bad --gpu is refused here, before anything starts
     if hook_cfg.symmetry is None:  # the hook symmetrises f(x~) with the run's point group
         hook_cfg = dataclasses.replace(hook_cfg, symmetry=p.symmetry)
     hook_cfg.validate(p.job_dir / CONFIG_NAME)
@@ -543,7 +616,8 @@ def _hook_env(job_dir: Path, hook: str | None) -> dict[str, str]:
     return env
 
 
-_WRAPPER = ('"$@"; rc=$?; printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; '
+_WRAPPER = (_WORKERS_START + '; "$@"; rc=$?; ' + _WORKERS_STOP + '; '
+            'printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; '
             # a job in RELION's pipeline: let RELION record its end (status, output nodes)
             'if [ -n "$CREDGUI_PIPELINER" ]; then $CREDGUI_PIPELINER --check_job_completion >/dev/null 2>&1; fi; '
             'exit "$rc"')
@@ -552,7 +626,8 @@ _WRAPPER = ('"$@"; rc=$?; printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv 
 def _start_local(job_dir: Path, command: list[str], env_extra: Mapping[str, str]) -> subprocess.Popen:
     proj = project_dir_of(job_dir)
     env = dict(os.environ)
-    env.pop("CREDGUI_PIPELINER", None)  # only a job registered in RELION's pipeline has it
+    for key in ("CREDGUI_PIPELINER", "CREDGUI_WORKERS"):  # only this job's own
+        env.pop(key, None)
     env.update(env_extra)
     env["CREDGUI_EXIT_FILE"] = str(job_dir / EXIT_FILE)
     with open(job_dir / "run.out", "ab") as out, open(job_dir / "run.err", "ab") as err:
@@ -655,11 +730,14 @@ def launch_local(params: RefineParams, *, hook: str | None = None) -> JobHandle:
     _prepare_job_dir(params)
     job = params.job_dir
     env_extra = _hook_env(job, hook)
+    workers = job_workers(params)
+    env_extra.update(_worker_env(workers))
     command = local_command(params)
     _clear_markers(job)
     pipe = _register(params, command, env_extra)
     record = _base_record(params, job, "local", env_extra)
-    record.update(command=command, relion_command=relion_command(params), pipeline=pipe)
+    record.update(command=command, relion_command=relion_command(params), pipeline=pipe,
+                  workers=[list(w) for w in workers])
     proc = _start_local(job, command, env_extra)
     record.update(pid=proc.pid, pgid=proc.pid, sid=proc.pid, proc_start=_proc.proc_start_time(proc.pid), job_id=str(proc.pid))
     _write_job_file(job, record)
@@ -721,7 +799,8 @@ def write_submit_script(
     """
     job = Path(os.path.abspath(params.job_dir))
     return render_submit_script(
-        job, relion_command(params), params.mpi_procs, params.threads, template, queue, extra, hook=hook
+        job, relion_command(params), params.mpi_procs, params.threads, template, queue, extra, hook=hook,
+        workers=job_workers(params),
     )
 
 
@@ -735,8 +814,10 @@ def render_submit_script(
     extra: Mapping[int, str] | Sequence[str] | None = None,
     *,
     hook: str | None = None,
+    workers: Sequence[Sequence[str]] = (),
 ) -> Path:
-    """``write_submit_script`` for any relion command (used by ``continue_job`` too)."""
+    """``write_submit_script`` for any relion command (used by ``continue_job`` too).
+    ``workers``: [(socket, device)] of warm workers the script runs around RELION."""
     template = Path(template) if template is not None else default_template()
     try:
         text = template.read_text()
@@ -784,8 +865,13 @@ def render_submit_script(
         block = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     block = ["# added by credgui: the M-step hook for RELION's --external_reconstruct", *block,
              f"cd {shlex.quote(str(proj))}"]
+    if workers and not csh:
+        block += ["# added by credgui: the job's warm denoiser worker(s), on this node, for this job only",
+                  *[f"export {k}={shlex.quote(v)}" for k, v in _worker_env(workers).items()], _WORKERS_START]
     lines[at:at] = block
     if not csh:
+        if workers:
+            lines += ["credgui_rc=$?", _WORKERS_STOP, "(exit $credgui_rc)"]
         exit_file = shlex.quote(str(job / EXIT_FILE))
         lines += [
             "# added by credgui: the exit code, for credgui's job status",
@@ -863,6 +949,7 @@ def submit_queue(
         job_id=job_id,
         submit_script=str(script),
         queue=queue_name(queue),
+        workers=[list(w) for w in job_workers(params)],
     )
     _write_job_file(job, record)
     return JobHandle(job, backend, job_id, tuple(command))
