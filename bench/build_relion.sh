@@ -27,7 +27,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 for tool in cmake mpicxx make git; do
     command -v "$tool" >/dev/null || { echo "build_relion.sh: $tool not found" >&2; exit 2; }
 done
-tree="$(dirname "$src")/relion-${ref}-src"
+tree="$(dirname "$src")/relion-${ref//\//_}-src"
 if [ ! -d "$tree" ]; then
     git -C "$src" worktree add --detach "$tree" "$ref"
 fi

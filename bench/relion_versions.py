@@ -67,8 +67,9 @@ def main() -> int:
     after = sorted({r.iteration for r in records if r.iteration is not None and r.iteration > 2})
     checks["continue finished"] = state.status == "finished"
     checks["hook called after the continue"] = bool(after)
-    checks["final map and half maps"] = all((job / n).is_file() for n in (
-        "run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"))
+    root = Path(state.last_iteration.root).name if state.last_iteration else "run"  # run_ctN after a continue
+    finals = [f"{root}_class001.mrc", f"{root}_half1_class001_unfil.mrc", f"{root}_half2_class001_unfil.mrc"]
+    checks["final map and half maps"] = all((job / n).is_file() for n in finals)
     procs = pipeline.processes(project)
     name = f"Refine3D/{job.name}/"
     checks["in RELION's pipeline, succeeded"] = procs.get(name) in ("2", "Succeeded")

@@ -265,6 +265,8 @@ def continue_job(
     env_extra.update(_worker_env(workers))  # the job's warm workers come back with it
     pipe = old.get("pipeline")
     if pipe and pipeline.set_status(project_dir_of(job), pipe["process"], "running"):
+        # the continue writes run_ctNNN_* maps: RELION takes them as the job's output nodes
+        pipeline.add_refine_output_nodes(job, Path(relion_cmd[relion_cmd.index("--o") + 1]).name)
         # RELION's GUI sets a continued job Running again and notes the command
         with open(job / "note.txt", "a") as fh:
             fh.write(f"\n ++++ Executing new job on {time.ctime()}\n ++++ with the following command(s): \n"

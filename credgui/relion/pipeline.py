@@ -237,6 +237,35 @@ def register_job(job_dir: str | Path, options: dict[str, str], command: list[str
     return {"pipeliner": program, "process": name, "counter": job_counter(proj)}
 
 
+_REFINE_NODES = (  # (suffix, RELION 3.1 node type, RELION 4.0/5.0 node label): getOutputNodesRefine
+    ("_data.star", 3, "ParticlesData.star.relion.refine3d"),
+    ("_half1_class001_unfil.mrc", 10, "DensityMap.mrc.relion.halfmap.refine3d"),
+    ("_class001.mrc", 6, "DensityMap.mrc.relion.refine3d"),
+)
+
+
+def add_refine_output_nodes(job_dir: str | Path, root: str) -> Path:
+    """Name a continued refinement's outputs (``ROOT_data.star``, ``ROOT_half1_class001_unfil.mrc``,
+    ``ROOT_class001.mrc`` for ``root`` = ``run_ct12``, as RELION's GUI names a continue) in
+    ``JOB/RELION_OUTPUT_NODES.star``: RELION adds these nodes to the pipeline when the job has
+    finished (PipeLine::getOutputNodesFromStarFile), in the pipeline's own node format."""
+    job = Path(os.path.abspath(job_dir))
+    proj = job.parent.parent
+    rel = f"{job.parent.name}/{job.name}/{root}"
+    text = ""
+    try:
+        text = (proj / PIPELINE).read_text(errors="replace")
+    except FileNotFoundError:
+        pass
+    labels = "_rlnPipeLineNodeTypeLabel" in text or "_rlnPipeLineProcessTypeLabel" in text
+    column = "_rlnPipeLineNodeTypeLabel" if labels else "_rlnPipeLineNodeType"
+    rows = [f"{rel}{suffix} {label if labels else number}" for suffix, number, label in _REFINE_NODES]
+    path = job / "RELION_OUTPUT_NODES.star"
+    write_star_atomic(path, "\n# version 30001\n\ndata_output_nodes\n\nloop_\n_rlnPipeLineNodeName #1\n"
+                            f"{column} #2\n" + "\n".join(rows) + "\n \n")
+    return path
+
+
 def check_completion(project: str | Path, program: str | None = None, timeout: float = 60.0) -> bool:
     """``relion_pipeliner --check_job_completion`` in the project (what RELION's GUI does on
     its refresh): finished jobs (``RELION_JOB_EXIT_*``) get their final status and nodes."""

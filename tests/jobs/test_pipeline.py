@@ -50,6 +50,7 @@ def test_credgui_job_is_a_relion_pipeline_job_and_postprocess_takes_its_half_map
     mask = project / "Import" / "job001" / "mask.mrc"
     assert mask.is_file()
     mask_stat = mask.stat()
+    relion_job = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in mask.parent.iterdir()}
 
     # run to convergence (RELION writes the unfiltered half maps only then): coarse sampling
     params = tiny_params(project, tiny_dataset, auto_iter_max=None, healpix_order=1, auto_local_healpix_order=2,
@@ -92,6 +93,7 @@ def test_credgui_job_is_a_relion_pipeline_job_and_postprocess_takes_its_half_map
     assert procs["Import/job001/"] == "2" and procs["PostProcess/job003/"] == "2" and procs[name] == "2"
     # nothing of RELION's job was touched
     assert mask.stat().st_mtime_ns == mask_stat.st_mtime_ns
+    assert {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in mask.parent.iterdir()} == relion_job
     assert pipeline.job_counter(project) == 4
 
 
@@ -119,3 +121,26 @@ def test_registration_skips_directories_beyond_the_counter(tmp_path):
                                  ["relion_refine_mpi", "--o", "Refine3D/job007/run"])
     assert info["process"] == "Refine3D/job007/" and info["counter"] == 8
     assert pipeline.processes(project) == {"Refine3D/job007/": "0"}
+
+
+def test_a_continued_job_gets_its_run_ct_maps_as_relion_output_nodes(tmp_path):
+    """RELION's GUI names a continue's outputs run_ctN_*; credgui lists them in
+    RELION_OUTPUT_NODES.star and RELION's own --check_job_completion takes them."""
+    project = tmp_path / "p"
+    job = project / "Refine3D" / "job001"
+    job.mkdir(parents=True)
+    (project / "particles.star").write_text("")
+    (project / "ref.mrc").write_text("")
+    pipeline.register_job(job, {"fn_img": "particles.star", "fn_ref": "ref.mrc"}, ["relion_refine_mpi"])
+    pipeline.add_refine_output_nodes(job, "run_ct3")
+    for name in ("run_ct3_data.star", "run_ct3_half1_class001_unfil.mrc", "run_ct3_class001.mrc"):
+        (job / name).write_text("")
+    (job / "RELION_JOB_EXIT_SUCCESS").touch()
+    assert pipeline.check_completion(project)
+    assert pipeline.processes(project)["Refine3D/job001/"] == "2"
+    outputs = _edges(project, "pipeline_output_edges")
+    assert ("Refine3D/job001/", "Refine3D/job001/run_ct3_half1_class001_unfil.mrc") in outputs
+    assert ("Refine3D/job001/", "Refine3D/job001/run_ct3_class001.mrc") in outputs
+    nodes = read_star(project / "default_pipeline.star")["pipeline_nodes"]
+    types = dict(zip(nodes["rlnPipeLineNodeName"], nodes["rlnPipeLineNodeType"]))
+    assert str(types["Refine3D/job001/run_ct3_half1_class001_unfil.mrc"]) == "10"  # a half map
