@@ -129,6 +129,10 @@ def stop_job(job_dir: str | Path, timeout: float = 15.0) -> JobState:
             _signal_all(left, signal.SIGKILL)
             time.sleep(0.5)
     _stop_workers(record, timeout)
+    sid = record.get("sid") if record.get("backend") == "local" else None
+    deadline = time.monotonic() + timeout
+    while sid and _proc.session_members(sid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # members still exiting (a worker freeing its model) read as alive
     if record.get("pipeline") and not any((job / n).exists() for n in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED)):
         # as RELION's own abort ends: RELION_JOB_EXIT_ABORTED, then the pipeline says Aborted
         (job / EXIT_ABORTED).touch()

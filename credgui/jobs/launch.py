@@ -368,10 +368,13 @@ def _worker_env(workers: Sequence[Sequence[str]]) -> dict[str, str]:
             "CREDGUI_WORKER_CMD": shlex.join([sys.executable, "-m", "credgui.cli", "worker"])}
 
 
-# sh: start the job's warm workers (in the job's session: stopping the job stops them) ...
+# sh: start the job's warm workers (in the job's session: stopping the job stops them), and
+# give each up to 60 s to listen, so that RELION's first M-step already finds it ...
 _WORKERS_START = ('for w in $CREDGUI_WORKERS; do s="${w%%|*}"; mkdir -p "$(dirname "$s")"; '
                   '$CREDGUI_WORKER_CMD --socket "$s" --device "${w#*|}" --idle-timeout 172800 '
-                  '>>"$s.log" 2>&1 & done')
+                  '>>"$s.log" 2>&1 & done; '
+                  'for w in $CREDGUI_WORKERS; do n=0; while [ ! -S "${w%%|*}" ] && [ $n -lt 600 ]; do '
+                  'sleep 0.1; n=$((n+1)); done; done')
 # ... and stop them when RELION has exited
 _WORKERS_STOP = 'for w in $CREDGUI_WORKERS; do $CREDGUI_WORKER_CMD --socket "${w%%|*}" --stop >/dev/null 2>&1; done'
 

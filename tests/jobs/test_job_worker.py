@@ -118,7 +118,10 @@ def test_stopping_the_job_stops_its_worker(tmp_path, tiny_dataset, monkeypatch):
         time.sleep(0.2)
     assert worker.ping(sock) is not None
     state = handle.stop(timeout=15)
-    assert state.status == "stopped"
+    from credgui.jobs import _proc
+
+    left = [" ".join(_proc.cmdline(p))[:120] for p in _proc.session_members(handle.pgid)]
+    assert state.status == "stopped", left
     deadline = time.monotonic() + 20
     while _worker_pids(sock) and time.monotonic() < deadline:
         time.sleep(0.2)

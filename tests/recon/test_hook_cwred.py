@@ -68,6 +68,7 @@ def test_cwred_call_on_a_real_relion_star(tiny_refine_job, tmp_path):
     log = tmp_path / "denoiser.log"
     (job / "credgui.toml").write_text(
         'denoiser = "test-scale"\nlambda_low_res = 100.0\nlambda_high_res = 50.0\nlambda_max = 0.8\n'
+        'keep_inputs = true\n'  # the same call is run again below
         f'[denoiser_options]\nscale = 0.5\nvoxel_size = 2.8\nlog = "{log}"\n')
     proc = _run_hook(star, tmp_path)
     assert proc.returncode == 0, proc.stderr
