@@ -96,6 +96,5 @@ def test_qt_binding_is_the_one_asked_for(make_napari_viewer):
 
     viewer = make_napari_viewer(show=False)
     assert viewer.window._qt_window is not None
-    wanted = os.environ.get("QT_API")
-    if wanted:
-        assert qtpy.API_NAME.lower() == wanted.lower()
+    wanted = os.environ.get("PYTEST_QT_API") or "pyqt5"  # pyproject's qt_api, else the override
+    assert qtpy.API_NAME.lower() == wanted.lower()
