@@ -488,8 +488,14 @@ def validate_params(params: RefineParams) -> RefineParams:
             and hook_cfg.worker_socket is None):
         hook_cfg = dataclasses.replace(hook_cfg, worker_socket=worker_socket_for(p.job_dir))
     relion_gpu_devices(p.extra_args)  # a bad --gpu is refused here, before anything starts
-    if hook_cfg.symmetry is None:  # the hook symmetrises f(x~) with the run's point group
-        hook_cfg = dataclasses.replace(hook_cfg, symmetry=p.symmetry)
+    if hook_cfg.symmetry is None and p.external_reconstruct and hook_cfg.denoiser != "none":
+        # the hook symmetrises f(x~) with the run's point group: one it cannot is refused here
+        from credgui.recon.symmetry import normalise_group
+
+        try:
+            hook_cfg = dataclasses.replace(hook_cfg, symmetry=normalise_group(p.symmetry))
+        except ValueError as exc:
+            raise InputError(None, f"--sym {p.symmetry}: {exc}") from None
     hook_cfg.validate(p.job_dir / CONFIG_NAME)
     return dataclasses.replace(
         p, job_dir=Path(os.path.abspath(p.job_dir)), pixel_size=pixel, hook_config=hook_cfg

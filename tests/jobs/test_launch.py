@@ -235,6 +235,11 @@ def test_blush_without_the_hook_is_allowed_and_the_config_records_the_symmetry(t
     assert "--blush" in relion_command(p) and "--external_reconstruct" not in relion_command(p)
     p = validate_params(_params(proj, particle_diameter=20, symmetry="D7"))
     assert p.hook_config.symmetry == "D7"
+    # a group the hook cannot symmetrise f(x~) with: refused with a denoiser, RELION's business without
+    with pytest.raises(InputError, match=r"--sym C2v: point group 'C2v' is not supported"):
+        validate_params(_params(proj, particle_diameter=20, symmetry="C2v"))
+    p = validate_params(_params(proj, particle_diameter=20, symmetry="C2v", hook_config=HookConfig(denoiser="none")))
+    assert p.hook_config.symmetry is None
 
 
 def test_shipped_weights_are_recorded_so_that_moving_the_install_keeps_them(tmp_path):
