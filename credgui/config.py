@@ -50,8 +50,16 @@ class HookConfig:
     reconstruct program, and relion_external_reconstruct regularises every shell: 0 reproduces
     that program, 5 reproduces plain relion_refine (measured: the maps differ otherwise)."""
     pixel_size: float | None = None
+    """A/px. None: ``_rlnPixelSize`` of RELION's hook STAR (4.0/5.0), else the run's model STAR.
+    When RELION's STAR gives one, it wins (it is the pixel size RELION reconstructs with)."""
+    symmetry: str | None = None
+    """RELION's point group (``--sym``): the denoiser term f(x~) is averaged over it (RELION
+    symmetrises B and K, not the denoiser's output). None: ``_rlnSymmetryGroup`` of the run's
+    newest ``*_sampling.star``, else C1. Written at launch from the job's ``--sym``."""
     device: str = "auto"
-    keep_inputs: bool = True
+    keep_inputs: bool = False
+    """True keeps RELION's three input arrays of every call (about 0.8 GB per call at box 256,
+    pad 2); False (default) deletes them after a successful call only."""
     weights: str | None = None
     worker_socket: str | None = None
     """The warm worker's socket; "default": ``credgui worker``'s default (a private folder)."""
@@ -77,6 +85,13 @@ class HookConfig:
             )
         if isinstance(self.minres_map, bool) or not isinstance(self.minres_map, int) or self.minres_map < 0:
             raise InputError(source, f"minres_map must be a non-negative integer (Fourier shells), got {self.minres_map!r}")
+        if self.symmetry is not None:
+            from credgui.recon.symmetry import normalise_group
+
+            try:
+                normalise_group(self.symmetry)
+            except ValueError as exc:
+                raise InputError(source, f"symmetry: {exc}") from None
         if not 0.0 <= self.lambda_max <= 1.0:
             raise InputError(source, f"lambda_max must be in [0, 1], got {self.lambda_max}")
         return self
@@ -144,7 +159,7 @@ def parse_config(path: str | Path) -> HookConfig:
             raise InputError(path, f"keep_inputs must be true or false, got {value!r}")
         elif key == "denoiser_options" and not isinstance(value, dict):
             raise InputError(path, "denoiser_options must be a table")
-        elif key in ("denoiser", "device", "weights", "worker_socket") and not isinstance(value, str):
+        elif key in ("denoiser", "device", "weights", "worker_socket", "symmetry") and not isinstance(value, str):
             raise InputError(path, f"{key} must be a string, got {value!r}")
         values[key] = value
     return HookConfig(**values).validate(path)

@@ -51,6 +51,7 @@ from credgui.relion.protocol import (
     ExternalReconstructCall,
     find_pixel_size,
     find_relion_resolution,
+    find_symmetry,
     read_arrays,
     read_call,
 )
@@ -61,9 +62,11 @@ CONFIG_RETRY_S = 2.0  # an editor saving credgui.toml non-atomically: re-read be
 
 def _denoiser_options(config: HookConfig) -> dict[str, Any]:
     """The plugin's options: ``denoiser_options`` plus the top-level ``weights``/``device``."""
+    from credgui.resources import resolve_resource
+
     options = dict(config.denoiser_options)
-    if config.weights:
-        options.setdefault("weights", config.weights)
+    if config.weights:  # "credgui:models/..." names a shipped file wherever credgui is now
+        options.setdefault("weights", str(resolve_resource(config.weights)))
     if config.device and config.device != "auto":
         options.setdefault("device", config.device)
     return options
@@ -77,9 +80,16 @@ def _open_denoiser(call: ExternalReconstructCall, config: HookConfig) -> Any:
     from credgui.denoise.worker import UntrustedWorker, default_socket_path
 
     socket_path = config.worker_socket
-    try:
-        if socket_path == "default":
+    if socket_path == "default":
+        try:
             socket_path = str(default_socket_path())
+        except UntrustedWorker as exc:
+            raise InputError(config_path(call.job_dir), f"worker_socket: {exc}") from None
+    if socket_path and call.half == 2:  # a job on two GPUs runs a second worker for half 2
+        half2 = Path(socket_path).with_name(Path(socket_path).name.replace(".sock", "_half2.sock"))
+        if half2.exists():
+            socket_path = str(half2)
+    try:
         return open_denoiser(config.denoiser, _denoiser_options(config), socket_path=socket_path,
                              timeout_s=config.worker_timeout_s)
     except UntrustedWorker as exc:
@@ -89,7 +99,10 @@ def _open_denoiser(call: ExternalReconstructCall, config: HookConfig) -> Any:
 
 
 def _pixel_size(call: ExternalReconstructCall, config: HookConfig, required: bool) -> float | None:
-    """config.pixel_size, else the run's model/data STAR; an InputError if required and unknown."""
+    """RELION's own ``_rlnPixelSize`` (4.0/5.0 hook STAR), else config.pixel_size, else the run's
+    model/data STAR; an InputError if required and unknown."""
+    if call.pixel_size:
+        return float(call.pixel_size)
     if config.pixel_size:
         return float(config.pixel_size)
     found = find_pixel_size(call)
@@ -102,6 +115,22 @@ def _pixel_size(call: ExternalReconstructCall, config: HookConfig, required: boo
             f"one; the denoiser {config.denoiser!r} needs it: add pixel_size = <A/px>",
         )
     return None
+
+
+def _symmetry(call: ExternalReconstructCall, config: HookConfig) -> str:
+    """The run's point group: config.symmetry (written at launch from ``--sym``), else
+    ``_rlnSymmetryGroup`` of the job's newest ``*_sampling.star``, else C1."""
+    from credgui.recon.symmetry import normalise_group
+
+    if config.symmetry:
+        return normalise_group(config.symmetry)
+    found = find_symmetry(call)
+    if found is None:
+        return "C1"
+    try:
+        return normalise_group(found[0])
+    except ValueError as exc:
+        raise InputError(found[1], f"_rlnSymmetryGroup: {exc}") from None
 
 
 def run(star: str | Path) -> dict[str, Any]:
@@ -131,6 +160,7 @@ def run(star: str | Path) -> dict[str, Any]:
     resolution = driving.resolution
     lam = 0.0
     low = high = None
+    symmetry = None
     numerator = data
     denoiser = _open_denoiser(call, config) if use_denoiser else None
     if denoiser is not None:
@@ -141,6 +171,11 @@ def run(star: str | Path) -> dict[str, Any]:
         denoised = denoise_map(unreg, denoiser, pixel_size, info.voxel_size)
         if denoised.shape != (n, n, n) or not np.isfinite(denoised).all():
             raise InputError(call.output_path("credgui_denoised.mrc"), "denoised map is not finite")
+        symmetry = _symmetry(call, config)
+        if symmetry != "C1":  # RELION symmetrised B and K; f(x~) must follow the same group
+            from credgui.recon.symmetry import symmetrise
+
+            denoised = symmetrise(denoised, symmetry)
         write_mrc_atomic(call.output_path("credgui_denoised.mrc"), denoised, pixel_size)
         timings["denoise"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -171,8 +206,9 @@ def run(star: str | Path) -> dict[str, Any]:
         "resolution_source": driving.source, "lambda": lam,
         "lambda_low_res": low if low is not None else config.lambda_low_res,
         "lambda_high_res": high if high is not None else config.lambda_high_res,
-        "lambda_max": config.lambda_max, "denoiser": config.denoiser,
+        "lambda_max": config.lambda_max, "denoiser": config.denoiser, "symmetry": symmetry,
         "worker": bool(getattr(denoiser, "used_worker", False)),
+        "worker_seconds": getattr(denoiser, "worker_seconds", None) or None,
         "timings": timings, "status": "ok",
     }
 

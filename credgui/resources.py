@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["resources_dir", "resource_path"]
+__all__ = ["resources_dir", "resource_path", "portable_resource", "resolve_resource", "RESOURCE_SCHEME"]
+
+RESOURCE_SCHEME = "credgui:"
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -32,3 +34,28 @@ def resource_path(*parts: str) -> Path:
     if rel.is_absolute() or ".." in rel.parts:
         raise ValueError(f"resource name {str(rel)!r} leaves the resources folder")
     return resources_dir().joinpath(*parts)
+
+
+def portable_resource(path: str | Path) -> str:
+    """How a job's credgui.toml names a file: ``credgui:models/cwred_unet.pt`` for a file
+    shipped with credgui (so moving or reinstalling credgui does not break a continue), else
+    the path as given."""
+    text = str(path)
+    if text.startswith(RESOURCE_SCHEME):
+        return text
+    try:
+        rel = Path(path).resolve().relative_to(resources_dir().resolve())
+    except (ValueError, OSError):
+        return text
+    return RESOURCE_SCHEME + rel.as_posix()
+
+
+def resolve_resource(value: str | Path) -> Path:
+    """The file a ``portable_resource`` value names, in the credgui that runs now."""
+    text = str(value)
+    if text.startswith(RESOURCE_SCHEME):
+        parts = [p for p in text[len(RESOURCE_SCHEME):].split("/") if p]
+        if not parts or ".." in parts:
+            raise ValueError(f"bad shipped-file reference {text!r}")
+        return resource_path(*parts)
+    return Path(value)

@@ -46,6 +46,7 @@ class LoadedMap:
     volume: np.ndarray  # (z, y, x) float32, standardised
     vertices: np.ndarray | None  # (V, 3) z,y,x voxel coordinates
     faces: np.ndarray | None  # (F, 3) int
+    voxel_size: float = 1.0  # A per voxel: the layers' scale, so napari shows Angstrom
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def load_maps(request: MapRequest) -> Iterator[Any]:
         verts = faces = None
         if request.want_surfaces:
             verts, faces = surface(volume, level)
-        yield LoadedMap(kind, request.paths[kind], volume, verts, faces)
+        yield LoadedMap(kind, request.paths[kind], volume, verts, faces, float(pixel_size or 1.0))
     truth: list[TruthFsc] = []
     if request.want_fsc and "ground_truth" in raw and pixel_size:
         for result in _truth_fsc(raw, request.mask, pixel_size):
@@ -237,7 +238,7 @@ class MapLayers:
         if self._layer(self.image_name(kind)) is not None:
             return
         empty = LoadedMap(kind, Path(), np.zeros(shape, np.float32), np.zeros((0, 3), np.float32),
-                          np.zeros((0, 3), np.int32))
+                          np.zeros((0, 3), np.int32), getattr(self, "_voxel_size", 1.0))
         self.apply_image(empty)
         self.apply_surface(empty)
         self._placeholders.add(kind)
@@ -245,6 +246,8 @@ class MapLayers:
     def apply_image(self, item: LoadedMap) -> None:
         """Update (or add) the Image layer of one map; GUI thread."""
         self._placeholders.discard(item.kind)
+        if item.path != Path():
+            self._voxel_size = item.voxel_size
         image = self._layer(self.image_name(item.kind))
         if image is None:
             image = self.viewer.add_image(
@@ -254,11 +257,15 @@ class MapLayers:
                 contrast_limits=self.contrast,
                 rendering="iso",
                 iso_threshold=self.level,
+                scale=(item.voxel_size,) * 3,
+                units="angstrom",
                 metadata={"credgui_kind": item.kind, "path": str(item.path)},
             )
             _label(image)
         else:
             image.data = item.volume
+            if tuple(image.scale) != (item.voxel_size,) * 3:
+                image.scale = (item.voxel_size,) * 3
             image.metadata = {"credgui_kind": item.kind, "path": str(item.path)}
         _set(image, "visible", self.mode in ("slices", "volume"))
         if self._centred_shape != item.volume.shape:
@@ -277,11 +284,15 @@ class MapLayers:
                     name=self.surface_name(item.kind),
                     colormap="gray",
                     shading="smooth",
+                    scale=(item.voxel_size,) * 3,
+                    units="angstrom",
                     metadata={"credgui_kind": item.kind},
                 )
                 _label(surf)
             else:
                 surf.data = data if len(item.faces) else _empty_surface()
+                if tuple(surf.scale) != (item.voxel_size,) * 3:
+                    surf.scale = (item.voxel_size,) * 3
             _set(surf, "visible", self.mode == "surfaces")
 
     def apply_summary(self, summary: MapsSummary) -> None:

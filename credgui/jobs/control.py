@@ -28,15 +28,18 @@ from credgui.jobs.launch import (
     _now_iso,
     _rel,
     _start_local,
+    _worker_env,
     _write_job_file,
     mpirun_prefix,
     project_dir_of,
     read_job_file,
+    refuse_blush,
     render_submit_script,
     submit_script,
 )
 from credgui.jobs.watch import JobState, queue_state, scan_job
-from credgui.relion.jobdir import is_relion_job_dir, read_optimiser_star
+from credgui.relion import pipeline
+from credgui.relion.jobdir import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, is_relion_job_dir, read_optimiser_star
 
 __all__ = ["stop_job", "continue_job", "adopt_job", "continue_command"]
 
@@ -125,7 +128,48 @@ def stop_job(job_dir: str | Path, timeout: float = 15.0) -> JobState:
         if left:
             _signal_all(left, signal.SIGKILL)
             time.sleep(0.5)
+    _stop_workers(record, timeout)
+    sid = record.get("sid") if record.get("backend") == "local" else None
+    deadline = time.monotonic() + timeout
+    while sid and _proc.session_members(sid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # members still exiting (a worker freeing its model) read as alive
+    if record.get("pipeline") and not any((job / n).exists() for n in (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED)):
+        # as RELION's own abort ends: RELION_JOB_EXIT_ABORTED, then the pipeline says Aborted
+        (job / EXIT_ABORTED).touch()
+        pipeline.check_completion(project_dir_of(job), record["pipeline"].get("pipeliner"))
     return scan_job(job)
+
+
+def _worker_pids(sockets: Sequence[str]) -> list[int]:
+    """Live ``credgui worker --socket S`` processes (not ``--stop`` ones) for these sockets."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        args = _proc.cmdline(int(d.name))
+        if "worker" in args and "--socket" in args and "--stop" not in args:
+            i = args.index("--socket")
+            if i + 1 < len(args) and args[i + 1] in sockets:
+                found.append(int(d.name))
+    return found
+
+
+def _stop_workers(record: Mapping[str, Any], timeout: float) -> None:
+    """The job's warm workers go with it: they got SIGTERM with the job's session and exit
+    after removing their socket; wait for that, ask any left over, SIGKILL as a last resort."""
+    sockets = [str(w[0]) for w in record.get("workers") or []]
+    if not sockets:
+        return
+    deadline = time.monotonic() + timeout
+    while _worker_pids(sockets) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _worker_pids(sockets)
+    if left:
+        from credgui.denoise import worker
+
+        for sock in sockets:
+            worker.stop_worker(sock, timeout_s=5.0)
+        _signal_all(_worker_pids(sockets), signal.SIGKILL)
 
 
 def _opt_value(command_line: str, option: str) -> str | None:
@@ -140,9 +184,13 @@ def continue_command(job_dir: str | Path, *, auto_iter_max: int | None = None,
                      extra_args: Sequence[str] = ()) -> tuple[list[str], int, int]:
     """The relion_refine_mpi command that continues ``job_dir`` from its last complete iteration
     (as RELION's GUI does: ``--continue JOB/run_itNNN_optimiser.star --o JOB/run_ctNNN``), and
-    the (MPI ranks, threads) to run it with. ``--external_reconstruct`` is not repeated:
-    relion_refine 3.1.3 ignores it on continue ("not a valid RELION argument") and restores it
-    from the optimiser STAR (``_rlnDoExternalReconstruct``). ``auto_iter_max``: None continues to convergence."""
+    the (MPI ranks, threads) to run it with. ``--external_reconstruct`` is passed again whenever
+    the job ran with it (``_rlnDoExternalReconstruct`` of the optimiser STAR, or its recorded
+    parameters): RELION 4.0 and 5.0 parse it from the command line on ``--continue``
+    (``MlOptimiser::parseContinue``) and without it run their own M-step; 3.1 restores it from
+    the STAR and only warns that the option is "not a valid RELION argument" (harmless).
+    ``--blush`` (RELION 5) with it is refused: RELION would run Blush and never the hook.
+    ``auto_iter_max``: None continues to convergence."""
     job = Path(os.path.abspath(job_dir))
     state = scan_job(job)
     if state.status == "running":
@@ -180,6 +228,12 @@ def continue_command(job_dir: str | Path, *, auto_iter_max: int | None = None,
         if auto_iter_max <= last.number:
             raise InputError(job, f"auto_iter_max {auto_iter_max} must be after the last iteration ({last.number})")
         cmd += ["--auto_iter_max", str(auto_iter_max)]
+    external = bool(opt.do_external_reconstruct) or "--external_reconstruct" in shlex.split(line)
+    if params.get("external_reconstruct") is False:
+        external = False
+    if external:
+        cmd.append("--external_reconstruct")
+        refuse_blush(job / "credgui_job.json", [*shlex.split(line), *extra_args])
     cmd += ["--pipeline_control", f"{rel_job}/", *extra_args]
     mpi = int(params.get("mpi_procs") or record.get("mpi_procs") or 3)
     threads = int(pick("threads", "--j", "1"))
@@ -211,6 +265,19 @@ def continue_job(
     if hook is None and old.get("hook"):
         hook = old["hook"]
     env_extra = _hook_env(job, hook)
+    workers = [tuple(w) for w in old.get("workers") or []]
+    env_extra.update(_worker_env(workers))  # the job's warm workers come back with it
+    pipe = old.get("pipeline")
+    if pipe and pipeline.set_status(project_dir_of(job), pipe["process"], "running"):
+        # the continue writes run_ctNNN_* maps: RELION takes them as the job's output nodes
+        pipeline.add_refine_output_nodes(job, Path(relion_cmd[relion_cmd.index("--o") + 1]).name)
+        # RELION's GUI sets a continued job Running again and notes the command
+        with open(job / "note.txt", "a") as fh:
+            fh.write(f"\n ++++ Executing new job on {time.ctime()}\n ++++ with the following command(s): \n"
+                     f"{shlex.join(relion_cmd)}\n ++++ \n")
+        env_extra["CREDGUI_PIPELINER"] = pipe["pipeliner"]
+    else:
+        pipe = None
     use_queue = (backend == "queue") if backend is not None else old.get("backend") in ("slurm", "queue")
     _clear_markers(job)
     params = None
@@ -223,8 +290,11 @@ def continue_job(
     history.append({k: v for k, v in old.items() if k != "history"})
     record["history"] = history
     record["continued_from"] = relion_cmd[2]
+    record["pipeline"] = pipe
+    record["workers"] = [list(w) for w in workers]
     if use_queue:
-        script = render_submit_script(job, relion_cmd, mpi, threads, template, queue, extra, hook=hook)
+        script = render_submit_script(job, relion_cmd, mpi, threads, template, queue, extra, hook=hook,
+                                      workers=workers)
         job_id, kind, command = submit_script(job, script, hook, submit_command)
         record.update(backend=kind, job_id=job_id, command=command, relion_command=relion_cmd,
                       submit_script=str(script))

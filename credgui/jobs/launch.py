@@ -48,7 +48,7 @@ from credgui.relion.jobdir import (
     first_image_stack,
     read_optics,
 )
-from credgui.resources import resource_path
+from credgui.resources import portable_resource, resource_path
 
 __all__ = [
     "LaunchError",
@@ -73,6 +73,7 @@ __all__ = [
     "queue_name",
     "submit_queue",
     "read_job_file",
+    "refuse_blush",
 ]
 
 JOB_FILE = "credgui_job.json"
@@ -139,6 +140,12 @@ class RefineParams:
     external_reconstruct: bool = True
     """False: plain RELION (no ``--external_reconstruct``; the hook is never run), for
     benchmarks comparing credgui's M-step with RELION's own."""
+    warm_worker: bool = True
+    """With a denoiser: a warm ``credgui worker`` comes and goes with the job (the job's launcher
+    or queue script starts it before RELION and stops it when RELION exits; stopping the job
+    stops it), so torch and the model load once per job, not once per hook call. One worker
+    per device of RELION's ``--gpu`` (in ``extra_args``): half 1 on the first, half 2 on the
+    second; with one device both halves queue onto it (never two models on one GPU)."""
 
     def __post_init__(self) -> None:
         for name in ("particles_star", "initial_model", "job_dir", "solvent_mask", "ground_truth", "mask"):
@@ -297,6 +304,81 @@ def relion_command(params: RefineParams) -> list[str]:
     return cmd
 
 
+def refuse_blush(source: str | Path | None, args: Sequence[str]) -> None:
+    """InputError if ``args`` hold RELION 5's ``--blush``: with it relion_refine runs Blush's
+    reconstruction and never calls the external-reconstruct hook (ml_optimiser.cpp, 5.0), so
+    CW-RED would be replaced without a word."""
+    if "--blush" in args:
+        raise InputError(source, "--blush (RELION 5) replaces the --external_reconstruct hook, so CW-RED "
+                                 "would never run: drop --blush, or run without credgui's M-step")
+
+
+WORKER_SOCKET = "credgui_worker.sock"
+
+
+def relion_gpu_devices(args: Sequence[str]) -> list[str] | None:
+    """The torch devices of RELION's ``--gpu`` in ``args``: None without ``--gpu``; ``--gpu``
+    alone (RELION: all GPUs) -> ["cuda"]; ``--gpu 0:1`` (one group per MPI worker rank, ','
+    between a rank's threads) -> ["cuda:0", "cuda:1"] (the first device of each rank)."""
+    args = list(args)
+    if "--gpu" not in args:
+        return None
+    i = args.index("--gpu")
+    value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+    devices = []
+    for group in value.split(":"):
+        first = group.split(",")[0].strip()
+        if first:
+            if not first.isdigit():
+                raise InputError(None, f"--gpu {value!r}: device ids must be numbers like 0:1")
+            devices.append(f"cuda:{first}")
+    return devices or ["cuda"]
+
+
+def worker_socket_for(job_dir: Path, half: int = 1) -> str:
+    """The worker socket of a job: ``JOB/credgui_worker.sock`` (``_half2`` for half 2's own
+    device), or under /tmp/credgui-UID/ when the job's path is too long for a Unix socket."""
+    import hashlib
+
+    path = str(Path(os.path.abspath(job_dir)) / WORKER_SOCKET)
+    if len(os.fsencode(path)) > 94:
+        digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+        path = f"/tmp/credgui-{os.getuid()}/{digest}.sock"
+    return path if half == 1 else path[: -len(".sock")] + "_half2.sock"  # the hook's rule
+
+
+def job_workers(params: RefineParams) -> list[tuple[str, str]]:
+    """[(socket, device)] of the warm workers the job runs with (empty: none)."""
+    p = params
+    cfg = p.hook_config
+    if not (p.external_reconstruct and p.warm_worker and cfg.denoiser != "none"):
+        return []
+    devices = relion_gpu_devices(p.extra_args) or [cfg.device or "auto"]
+    first = cfg.worker_socket or worker_socket_for(p.job_dir)
+    workers = [(first, devices[0])]
+    if len(devices) > 1 and devices[1] != devices[0]:
+        workers.append((worker_socket_for(p.job_dir, half=2), devices[1]))
+    return workers
+
+
+def _worker_env(workers: Sequence[Sequence[str]]) -> dict[str, str]:
+    if not workers:
+        return {}
+    return {"CREDGUI_WORKERS": " ".join(f"{s}|{d}" for s, d in workers),
+            "CREDGUI_WORKER_CMD": shlex.join([sys.executable, "-m", "credgui.cli", "worker"])}
+
+
+# sh: start the job's warm workers (in the job's session: stopping the job stops them), and
+# give each up to 60 s to listen, so that RELION's first M-step already finds it ...
+_WORKERS_START = ('for w in $CREDGUI_WORKERS; do s="${w%%|*}"; mkdir -p "$(dirname "$s")"; '
+                  '$CREDGUI_WORKER_CMD --socket "$s" --device "${w#*|}" --idle-timeout 172800 '
+                  '>>"$s.log" 2>&1 & done; '
+                  'for w in $CREDGUI_WORKERS; do n=0; while [ ! -S "${w%%|*}" ] && [ $n -lt 600 ]; do '
+                  'sleep 0.1; n=$((n+1)); done; done')
+# ... and stop them when RELION has exited
+_WORKERS_STOP = 'for w in $CREDGUI_WORKERS; do $CREDGUI_WORKER_CMD --socket "${w%%|*}" --stop >/dev/null 2>&1; done'
+
+
 def _fmt_num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
@@ -339,6 +421,8 @@ def validate_params(params: RefineParams) -> RefineParams:
     from credgui.relion.mrc import read_voxel_size  # mrcfile: only when launching
 
     p = params
+    if p.external_reconstruct:
+        refuse_blush(p.job_dir, p.extra_args)
     proj = project_dir_of(p.job_dir)
     for name in ("particles_star", "initial_model", "solvent_mask", "ground_truth", "mask"):
         path = getattr(p, name)
@@ -398,6 +482,20 @@ def validate_params(params: RefineParams) -> RefineParams:
     hook_cfg = p.hook_config
     if hook_cfg.pixel_size is None:
         hook_cfg = dataclasses.replace(hook_cfg, pixel_size=pixel)
+    if hook_cfg.weights:  # shipped weights by a reference that survives moving the install
+        hook_cfg = dataclasses.replace(hook_cfg, weights=portable_resource(hook_cfg.weights))
+    if (p.external_reconstruct and p.warm_worker and hook_cfg.denoiser != "none"
+            and hook_cfg.worker_socket is None):
+        hook_cfg = dataclasses.replace(hook_cfg, worker_socket=worker_socket_for(p.job_dir))
+    relion_gpu_devices(p.extra_args)  # a bad --gpu is refused here, before anything starts
+    if hook_cfg.symmetry is None and p.external_reconstruct and hook_cfg.denoiser != "none":
+        # the hook symmetrises f(x~) with the run's point group: one it cannot is refused here
+        from credgui.recon.symmetry import normalise_group
+
+        try:
+            hook_cfg = dataclasses.replace(hook_cfg, symmetry=normalise_group(p.symmetry))
+        except ValueError as exc:
+            raise InputError(None, f"--sym {p.symmetry}: {exc}") from None
     hook_cfg.validate(p.job_dir / CONFIG_NAME)
     return dataclasses.replace(
         p, job_dir=Path(os.path.abspath(p.job_dir)), pixel_size=pixel, hook_config=hook_cfg
@@ -547,12 +645,18 @@ def _hook_env(job_dir: Path, hook: str | None) -> dict[str, str]:
     return env
 
 
-_WRAPPER = '"$@"; rc=$?; printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; exit "$rc"'
+_WRAPPER = (_WORKERS_START + '; "$@"; rc=$?; ' + _WORKERS_STOP + '; '
+            'printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; '
+            # a job in RELION's pipeline: let RELION record its end (status, output nodes)
+            'if [ -n "$CREDGUI_PIPELINER" ]; then $CREDGUI_PIPELINER --check_job_completion >/dev/null 2>&1; fi; '
+            'exit "$rc"')
 
 
 def _start_local(job_dir: Path, command: list[str], env_extra: Mapping[str, str]) -> subprocess.Popen:
     proj = project_dir_of(job_dir)
     env = dict(os.environ)
+    for key in ("CREDGUI_PIPELINER", "CREDGUI_WORKERS"):  # only this job's own
+        env.pop(key, None)
     env.update(env_extra)
     env["CREDGUI_EXIT_FILE"] = str(job_dir / EXIT_FILE)
     with open(job_dir / "run.out", "ab") as out, open(job_dir / "run.err", "ab") as err:
@@ -565,6 +669,55 @@ def _start_local(job_dir: Path, command: list[str], env_extra: Mapping[str, str]
             stderr=err,
             start_new_session=True,  # its own process group: stop_job kills all of it
         )
+
+
+_SAMPLING = {0: "30 degrees", 1: "15 degrees", 2: "7.5 degrees", 3: "3.7 degrees", 4: "1.8 degrees",
+             5: "0.9 degrees", 6: "0.5 degrees", 7: "0.2 degrees", 8: "0.1 degrees"}
+
+
+def relion_job_options(params: RefineParams) -> dict[str, str]:
+    """RELION's Refine3D job options (job.star) describing ``params``, so that RELION's GUI
+    shows the job's inputs and settings; ``other_args`` holds ``--external_reconstruct`` and
+    the extra arguments."""
+    p = params
+    proj = project_dir_of(p.job_dir)
+    yes = lambda b: "Yes" if b else "No"  # noqa: E731
+    other = (["--external_reconstruct"] if p.external_reconstruct else []) + list(p.extra_args)
+    opts = {
+        "fn_img": _rel(p.particles_star, proj),
+        "fn_ref": _rel(p.initial_model, proj),
+        "fn_mask": _rel(p.solvent_mask, proj) if p.solvent_mask is not None else "",
+        "ref_correct_greyscale": yes(p.absolute_greyscale),
+        "ini_high": _fmt_num(p.ini_high),
+        "sym_name": p.symmetry,
+        "do_ctf_correction": yes(p.ctf),
+        "particle_diameter": _fmt_num(p.particle_diameter),
+        "do_zero_mask": yes(p.zero_mask),
+        "sampling": _SAMPLING.get(p.healpix_order, "7.5 degrees"),
+        "auto_local_sampling": _SAMPLING.get(p.auto_local_healpix_order, "1.8 degrees"),
+        "offset_range": _fmt_num(p.offset_range),
+        "offset_step": _fmt_num(p.offset_step),
+        "do_pad1": yes(p.pad == 1),
+        "nr_pool": str(p.pool),
+        "nr_mpi": str(p.mpi_procs),
+        "nr_threads": str(p.threads),
+        "other_args": shlex.join(other),
+    }
+    return {k: v for k, v in opts.items() if v != "" or k == "fn_mask"}
+
+
+def _register(params: RefineParams, command: Sequence[str], env_extra: dict[str, str]) -> dict[str, Any] | None:
+    """Put the job into its RELION project's pipeline (credgui.relion.pipeline) when the job
+    directory is ``PROJECT/Refine3D/jobNNN`` and relion_pipeliner is installed."""
+    from credgui.relion import pipeline
+
+    job = params.job_dir
+    if not (re.fullmatch(r"job\d+", job.name) and job.parent.name == "Refine3D"):
+        return None
+    info = pipeline.register_job(job, relion_job_options(params), list(command))
+    if info is not None:
+        env_extra["CREDGUI_PIPELINER"] = info["pipeliner"]
+    return info
 
 
 def _now_iso() -> str:
@@ -606,10 +759,14 @@ def launch_local(params: RefineParams, *, hook: str | None = None) -> JobHandle:
     _prepare_job_dir(params)
     job = params.job_dir
     env_extra = _hook_env(job, hook)
+    workers = job_workers(params)
+    env_extra.update(_worker_env(workers))
     command = local_command(params)
     _clear_markers(job)
+    pipe = _register(params, command, env_extra)
     record = _base_record(params, job, "local", env_extra)
-    record.update(command=command, relion_command=relion_command(params))
+    record.update(command=command, relion_command=relion_command(params), pipeline=pipe,
+                  workers=[list(w) for w in workers])
     proc = _start_local(job, command, env_extra)
     record.update(pid=proc.pid, pgid=proc.pid, sid=proc.pid, proc_start=_proc.proc_start_time(proc.pid), job_id=str(proc.pid))
     _write_job_file(job, record)
@@ -671,7 +828,8 @@ def write_submit_script(
     """
     job = Path(os.path.abspath(params.job_dir))
     return render_submit_script(
-        job, relion_command(params), params.mpi_procs, params.threads, template, queue, extra, hook=hook
+        job, relion_command(params), params.mpi_procs, params.threads, template, queue, extra, hook=hook,
+        workers=job_workers(params),
     )
 
 
@@ -685,8 +843,10 @@ def render_submit_script(
     extra: Mapping[int, str] | Sequence[str] | None = None,
     *,
     hook: str | None = None,
+    workers: Sequence[Sequence[str]] = (),
 ) -> Path:
-    """``write_submit_script`` for any relion command (used by ``continue_job`` too)."""
+    """``write_submit_script`` for any relion command (used by ``continue_job`` too).
+    ``workers``: [(socket, device)] of warm workers the script runs around RELION."""
     template = Path(template) if template is not None else default_template()
     try:
         text = template.read_text()
@@ -734,8 +894,13 @@ def render_submit_script(
         block = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     block = ["# added by credgui: the M-step hook for RELION's --external_reconstruct", *block,
              f"cd {shlex.quote(str(proj))}"]
+    if workers and not csh:
+        block += ["# added by credgui: the job's warm denoiser worker(s), on this node, for this job only",
+                  *[f"export {k}={shlex.quote(v)}" for k, v in _worker_env(workers).items()], _WORKERS_START]
     lines[at:at] = block
     if not csh:
+        if workers:
+            lines += ["credgui_rc=$?", _WORKERS_STOP, "(exit $credgui_rc)"]
         exit_file = shlex.quote(str(job / EXIT_FILE))
         lines += [
             "# added by credgui: the exit code, for credgui's job status",
@@ -803,14 +968,17 @@ def submit_queue(
     job = params.job_dir
     _clear_markers(job)
     script = write_submit_script(params, template, queue, extra, hook=hook)
+    pipe = _register(params, relion_command(params), {})
     job_id, backend, command = submit_script(job, script, hook, submit_command)
     record = _base_record(params, job, backend, _hook_env(job, hook))
     record.update(
+        pipeline=pipe,
         command=command,
         relion_command=relion_command(params),
         job_id=job_id,
         submit_script=str(script),
         queue=queue_name(queue),
+        workers=[list(w) for w in job_workers(params)],
     )
     _write_job_file(job, record)
     return JobHandle(job, backend, job_id, tuple(command))

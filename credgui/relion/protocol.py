@@ -43,6 +43,8 @@ class ExternalReconstructCall:
     current_size: int
     tau2: np.ndarray
     fsc: np.ndarray
+    pixel_size: float | None = None
+    """``_rlnPixelSize`` (A): RELION 4.0 and 5.0 write it, 3.1 does not (None)."""
 
     @property
     def root(self) -> str:
@@ -128,6 +130,11 @@ def read_call(star_path: str | Path) -> ExternalReconstructCall:
     if (tau2 < 0).any():
         raise InputError(star, "negative values in _rlnReferenceTau2")
     result_star = general.get("rlnExtReconsResultStarfile")
+    pixel_size = None
+    if general.get("rlnPixelSize"):
+        pixel_size = scalar(general, "rlnPixelSize", star, float)
+        if not pixel_size > 0:
+            raise InputError(star, f"_rlnPixelSize {pixel_size} must be > 0")
     return ExternalReconstructCall(
         star=star,
         data_real=_resolve(star, scalar(general, "rlnExtReconsDataReal", star, str)),
@@ -142,6 +149,7 @@ def read_call(star_path: str | Path) -> ExternalReconstructCall:
         current_size=current_size,
         tau2=tau2,
         fsc=fsc,
+        pixel_size=pixel_size,
     )
 
 
@@ -241,3 +249,16 @@ def find_relion_resolution(call: ExternalReconstructCall) -> tuple[float, Path] 
             return value, path
     return None
 
+
+def find_symmetry(call: ExternalReconstructCall) -> tuple[str, Path] | None:
+    """(point group, the file it came from): ``_rlnSymmetryGroup`` of the newest
+    ``*_sampling.star`` in the job directory (RELION writes one per iteration), or None."""
+    for path in _latest(call.job_dir, "*_sampling.star"):
+        try:
+            general = read_star(path).get("sampling_general", {})
+            value = str(general["rlnSymmetryGroup"][0]).strip()
+        except (InputError, KeyError, IndexError, OSError):
+            continue
+        if value:
+            return value, path
+    return None

@@ -145,6 +145,7 @@ def test_submit_to_slurm_then_stop_from_the_panel(make_napari_viewer, slurm_clus
     launch.stop_btn.click()
     qtbot.waitUntil(lambda: monitor.fields["status"].text() in ("stopped", "failed", "finished"), timeout=120000)
     assert monitor.fields["status"].text() == "stopped", monitor.banner.text()
-    assert "stop requested" in launch.status.text()
+    # the stop also waits for the job's warm worker to exit: the panel says so when it returns
+    qtbot.waitUntil(lambda: "stop requested" in launch.status.text(), timeout=60000)
     save_screenshot(viewer.screenshot(canvas_only=False, flash=False), tmp_path / "credgui_slurm_stopped.png")
     session.stop_watching()

@@ -196,6 +196,7 @@ def test_validate_fills_pixel_size_from_optics(tmp_path):
         ({}, dict(particle_diameter=40), r"particle diameter 40 A must be > 0 and fit the box \(16 px x 2 A = 32 A\)"),
         ({}, dict(mpi_procs=2), r"at least 3 MPI processes"),
         ({}, dict(symmetry="C 1"), r"symmetry must be a point group"),
+        ({}, dict(extra_args=("--blush",)), r"job004: --blush \(RELION 5\) replaces the --external_reconstruct hook"),
     ],
 )
 def test_validate_rejects_bad_input_with_one_line(tmp_path, setup, kw, match):
@@ -225,3 +226,32 @@ def test_launch_refuses_a_job_dir_that_holds_a_refinement(tmp_path):
     (job / "run_it002_optimiser.star").write_text("data_optimiser_general\n")
     with pytest.raises(InputError, match="already holds a refinement"):
         launch.launch_local(_params(proj, job_dir=job, particle_diameter=20), hook="true")
+
+
+def test_blush_without_the_hook_is_allowed_and_the_config_records_the_symmetry(tmp_path):
+    proj = tmp_path / "proj"
+    _write_dataset(proj)
+    p = validate_params(_params(proj, particle_diameter=20, extra_args=("--blush",), external_reconstruct=False))
+    assert "--blush" in relion_command(p) and "--external_reconstruct" not in relion_command(p)
+    p = validate_params(_params(proj, particle_diameter=20, symmetry="D7"))
+    assert p.hook_config.symmetry == "D7"
+    # a group the hook cannot symmetrise f(x~) with: refused with a denoiser, RELION's business without
+    with pytest.raises(InputError, match=r"--sym C2v: point group 'C2v' is not supported"):
+        validate_params(_params(proj, particle_diameter=20, symmetry="C2v"))
+    p = validate_params(_params(proj, particle_diameter=20, symmetry="C2v", hook_config=HookConfig(denoiser="none")))
+    assert p.hook_config.symmetry is None
+
+
+def test_shipped_weights_are_recorded_so_that_moving_the_install_keeps_them(tmp_path):
+    from credgui.resources import portable_resource, resolve_resource, resource_path
+
+    proj = tmp_path / "proj"
+    _write_dataset(proj)
+    shipped = resource_path("models", "cwred_unet.pt")
+    p = validate_params(_params(proj, particle_diameter=20, hook_config=HookConfig(weights=str(shipped))))
+    assert p.hook_config.weights == "credgui:models/cwred_unet.pt"
+    assert resolve_resource(p.hook_config.weights) == shipped
+    mine = tmp_path / "my_model.pt"
+    assert portable_resource(mine) == str(mine)  # a user's own file stays where it is
+    with pytest.raises(ValueError, match="bad shipped-file reference"):
+        resolve_resource("credgui:../etc/passwd")

@@ -27,12 +27,14 @@ def blob_map(box: int, sigma: float, seed: int = 0, n_blobs: int = 6) -> np.ndar
 
 
 def make_arrays(box: int = 24, pad: float = 2.0, current: int | None = None, seed: int = 0,
-                noise: float = 0.02) -> dict:
-    """B, K (rfft layout, (P, P, P//2+1)), tau2 and FSC per shell, of a blob map seen with noise."""
+                noise: float = 0.02, vol: np.ndarray | None = None, jitter: float = 0.2) -> dict:
+    """B, K (rfft layout, (P, P, P//2+1)), tau2 and FSC per shell, of a blob map seen with noise.
+    ``vol``: the map to use instead of random blobs; ``jitter``: random spread of K (0: K
+    depends on the radius only, so a symmetric ``vol`` with ``noise = 0`` gives symmetric inputs)."""
     rng = np.random.default_rng(seed)
     current = current or box
     p = round(pad * box)
-    vol = blob_map(box, sigma=box / 16, seed=seed)
+    vol = blob_map(box, sigma=box / 16, seed=seed) if vol is None else np.asarray(vol, np.float32)
     padded = np.zeros((p, p, p), np.float32)
     sel = (np.arange(box) - box // 2) % p
     padded[np.ix_(sel, sel, sel)] = vol
@@ -40,7 +42,7 @@ def make_arrays(box: int = 24, pad: float = 2.0, current: int | None = None, see
     r2 = rfft_radius2(p)
     inside = r2 < max_radius2(current, pad)
     rel = np.sqrt(r2) / p
-    weight = (1e3 * np.exp(-rel * 8) * (1 + 0.2 * rng.random(r2.shape))).astype(np.float32) * inside
+    weight = (1e3 * np.exp(-rel * 8) * (1 + jitter * rng.random(r2.shape))).astype(np.float32) * inside
     nz = rng.standard_normal(r2.shape) + 1j * rng.standard_normal(r2.shape)
     data = ((weight * xf) + np.sqrt(weight) * nz * noise).astype(np.complex64) * inside
     idx = (-np.arange(p)) % p

@@ -68,6 +68,7 @@ def test_cwred_call_on_a_real_relion_star(tiny_refine_job, tmp_path):
     log = tmp_path / "denoiser.log"
     (job / "credgui.toml").write_text(
         'denoiser = "test-scale"\nlambda_low_res = 100.0\nlambda_high_res = 50.0\nlambda_max = 0.8\n'
+        'keep_inputs = true\n'  # the same call is run again below
         f'[denoiser_options]\nscale = 0.5\nvoxel_size = 2.8\nlog = "{log}"\n')
     proc = _run_hook(star, tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -117,7 +118,7 @@ def synthetic_job(tmp_path):
 
 def test_lambda_zero_with_a_denoiser_equals_no_denoiser(synthetic_job, tmp_path):
     job, star = synthetic_job
-    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\n')
+    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\nkeep_inputs = true\n')
     assert _run_hook(star, tmp_path).returncode == 0
     plain = mrcfile.read(read_call(star).result)
     # FSC crossing at ~6 shells -> 24 * 2 / 6 = 8 A, worse than lambda_low_res = 5 A: lambda = 0
@@ -219,3 +220,29 @@ def test_no_prior_at_iteration_1_nor_on_the_final_joined_map(tmp_path, root, sou
     assert rec["fsc_resolution"] == pytest.approx(nominal_resolution(read_call(star).fsc, 2.0, 24))
     assert np.array_equal(mrcfile.read(read_call(star).result), plain)
     assert read_call(star).output_path("credgui_denoised.mrc").is_file()
+
+
+def test_by_default_the_arrays_go_after_a_successful_call_and_keep_inputs_keeps_them(synthetic_job, tmp_path):
+    job, star = synthetic_job
+    call = read_call(star)
+    (job / "credgui.toml").write_text('denoiser = "none"\nkeep_inputs = true\n')
+    assert _run_hook(star, tmp_path).returncode == 0
+    assert call.data_real.exists() and call.data_imag.exists() and call.weight.exists()
+    (job / "credgui.toml").write_text('denoiser = "none"\n')  # keep_inputs left at its default
+    assert _run_hook(star, tmp_path).returncode == 0
+    assert call.result.exists()
+    assert not (call.data_real.exists() or call.data_imag.exists() or call.weight.exists())
+
+
+def test_relion_4_pixel_size_in_the_star_wins(synthetic_job, tmp_path):
+    """RELION 4.0/5.0 write _rlnPixelSize (and _rlnParticleDiameter) into the hook STAR."""
+    job, star = synthetic_job
+    text = star.read_text().replace("_rlnCurrentImageSize", "_rlnPixelSize 1.75\n_rlnParticleDiameter 40\n"
+                                    "_rlnCurrentImageSize")
+    star.write_text(text)
+    (job / "credgui.toml").write_text('denoiser = "test-scale"\npixel_size = 2.0\n')
+    proc = _run_hook(star, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _records(job)[-1]["pixel_size"] == 1.75
+    with mrcfile.open(read_call(star).result) as mrc:
+        assert abs(float(mrc.voxel_size.x) - 1.75) < 1e-5
