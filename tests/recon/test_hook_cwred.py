@@ -208,7 +208,7 @@ def test_no_prior_at_iteration_1_nor_on_the_final_joined_map(tmp_path, root, sou
     joined final map; f(x~) is written for inspection, the result equals RELION's prior alone."""
     job = tmp_path / "job"
     star = write_inputs(job, make_arrays(24, 2.0, current=20), root=root)
-    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\n')
+    (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "none"\nkeep_inputs = true\n')
     assert _run_hook(star, tmp_path).returncode == 0
     plain = mrcfile.read(read_call(star).result)
     (job / "credgui.toml").write_text('pixel_size = 2.0\ndenoiser = "test-scale"\nlambda_low_res = 50.0\n'

@@ -52,7 +52,7 @@ def test_full_disk_on_the_log_leaves_no_result(job, tmp_path):
 
 def test_torn_last_line_is_skipped_and_the_next_record_kept(job, tmp_path, caplog):
     job, star = job
-    (job / "credgui.toml").write_text('denoiser = "none"\n')
+    (job / "credgui.toml").write_text('denoiser = "none"\nkeep_inputs = true\n')
     assert _run(star, tmp_path).returncode == 0
     log = job / "credgui_hook.jsonl"
     log.write_bytes(log.read_bytes()[:-40])  # the disk filled mid-record
