@@ -9,8 +9,10 @@ shared docs and RELION 3.1.3 src/backprojector.cpp, BackProjector::externalRecon
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,6 +201,28 @@ def _star_head(path: Path, stop_block: str) -> str:
     return "".join(lines)
 
 
+def _newest_value(
+    paths: list[Path], block: str, label: str, convert: Callable[[str], Any], read: Callable | None = None,
+) -> tuple[Any, Path] | None:
+    """(value, file) of the first of ``paths`` (newest first) whose ``block`` holds a usable
+    ``label`` (``convert`` returns None or raises for an unusable one); None when none does.
+    A file that cannot be read is passed over: RELION may be rewriting it."""
+    for path in paths:
+        try:
+            blocks = read(path) if read else read_star(path)
+            value = convert(blocks.get(block, {})[label][0])
+        except (InputError, KeyError, ValueError, IndexError, OSError):
+            continue
+        if value is not None:
+            return value, path
+    return None
+
+
+def _positive(text: str) -> float | None:
+    value = float(text)
+    return value if value > 0 else None
+
+
 def find_pixel_size(call: ExternalReconstructCall) -> tuple[float, Path] | None:
     """(pixel size in A, the file it came from) for the run that made ``call``, or None.
 
@@ -210,23 +234,9 @@ def find_pixel_size(call: ExternalReconstructCall) -> tuple[float, Path] | None:
     from credgui.relion.star import parse_star
 
     job = call.job_dir
-    for path in _latest(job, "*_model.star"):
-        try:
-            general = read_star(path).get("model_general", {})
-            value = float(general["rlnPixelSize"][0])
-        except (InputError, KeyError, ValueError, IndexError, OSError):
-            continue
-        if value > 0:
-            return value, path
-    for path in _latest(job, "*_data.star"):
-        try:
-            optics = parse_star(_star_head(path, "particles"), path).get("optics", {})
-            value = float(optics["rlnImagePixelSize"][0])
-        except (InputError, KeyError, ValueError, IndexError, OSError):
-            continue
-        if value > 0:
-            return value, path
-    return None
+    return _newest_value(_latest(job, "*_model.star"), "model_general", "rlnPixelSize", _positive) or \
+        _newest_value(_latest(job, "*_data.star"), "optics", "rlnImagePixelSize", _positive,
+                      read=lambda p: parse_star(_star_head(p, "particles"), p))
 
 
 def find_relion_resolution(call: ExternalReconstructCall) -> tuple[float, Path] | None:
@@ -236,29 +246,14 @@ def find_relion_resolution(call: ExternalReconstructCall) -> tuple[float, Path] 
     (RELION writes iteration N-1's model before iteration N's M-step): the resolution RELION
     itself is working at, which sets its current image size and is what it reports.
     """
-    job, it = call.job_dir, call.iteration
-    for path in _latest(job, "*_model.star"):
-        m = _IT_RE.search(path.name)
-        if it is not None and m is not None and int(m[1]) >= it:
-            continue
-        try:
-            value = float(read_star(path).get("model_general", {})["rlnCurrentResolution"][0])
-        except (InputError, KeyError, ValueError, IndexError, OSError):
-            continue
-        if value > 0:
-            return value, path
-    return None
+    it = call.iteration
+    paths = [p for p in _latest(call.job_dir, "*_model.star")
+             if it is None or (m := _IT_RE.search(p.name)) is None or int(m[1]) < it]
+    return _newest_value(paths, "model_general", "rlnCurrentResolution", _positive)
 
 
 def find_symmetry(call: ExternalReconstructCall) -> tuple[str, Path] | None:
     """(point group, the file it came from): ``_rlnSymmetryGroup`` of the newest
     ``*_sampling.star`` in the job directory (RELION writes one per iteration), or None."""
-    for path in _latest(call.job_dir, "*_sampling.star"):
-        try:
-            general = read_star(path).get("sampling_general", {})
-            value = str(general["rlnSymmetryGroup"][0]).strip()
-        except (InputError, KeyError, IndexError, OSError):
-            continue
-        if value:
-            return value, path
-    return None
+    return _newest_value(_latest(call.job_dir, "*_sampling.star"), "sampling_general", "rlnSymmetryGroup",
+                         lambda v: str(v).strip() or None)
