@@ -8,6 +8,7 @@ shared docs and RELION 3.1.3 src/backprojector.cpp, BackProjector::externalRecon
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -219,8 +220,9 @@ def _newest_value(
 
 
 def _positive(text: str) -> float | None:
+    """A finite value > 0, else None (RELION writes ``inf`` as iteration 0's current resolution)."""
     value = float(text)
-    return value if value > 0 else None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def find_pixel_size(call: ExternalReconstructCall) -> tuple[float, Path] | None:

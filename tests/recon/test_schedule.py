@@ -81,3 +81,18 @@ def test_driving_resolution_takes_the_worse_and_keeps_the_prior_off_at_iteration
     assert first.resolution is None and first.source == "first iteration"
     assert final.resolution is None and final.source == "final map"
     assert lambda_for_resolution(first.resolution, 16.0, 5.0) == 0.0
+
+
+def test_relion_resolution_inf_of_iteration_0_is_unknown(tmp_path):
+    """RELION writes _rlnCurrentResolution inf into run_it000_*_model.star: no number, no crash."""
+    from credgui.relion.protocol import find_relion_resolution, read_call
+    from tests.recon._inputs import make_arrays, write_inputs
+
+    job = tmp_path / "job"
+    star = write_inputs(job, make_arrays(24, 2.0, current=20), root="run_it001_half1_class001")
+    (job / "run_it000_half1_model.star").write_text(
+        "data_model_general\n\n_rlnPixelSize 2.0\n_rlnCurrentResolution inf\n")
+    assert find_relion_resolution(read_call(star)) is None
+    (job / "run_it000_half1_model.star").write_text(
+        "data_model_general\n\n_rlnPixelSize 2.0\n_rlnCurrentResolution 28.16\n")
+    assert find_relion_resolution(read_call(star))[0] == 28.16
