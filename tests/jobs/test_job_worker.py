@@ -94,7 +94,8 @@ def test_the_worker_runs_with_the_job_serves_the_hook_and_goes_with_it(tmp_path,
     assert final.status == "finished", (final.error, final.log_tail)
     records = [json.loads(l) for l in (job / "credgui_hook.jsonl").read_text().splitlines()]
     assert records and all(r["worker"] for r in records)  # every call went to the warm worker
-    assert all(r["lambda"] == 1.0 for r in records)
+    # lambda 1 from iteration 2 on; 0 at iteration 1 and on the final joined map (schedule.driving_resolution)
+    assert all(r["lambda"] == (1.0 if r["half"] is not None and r["iteration"] >= 2 else 0.0) for r in records)
     # RELION has exited: the launcher stopped the worker
     deadline = time.monotonic() + 20
     while (_worker_pids(sock) or Path(sock).exists()) and time.monotonic() < deadline:
