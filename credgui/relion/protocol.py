@@ -8,6 +8,7 @@ shared docs and RELION 3.1.3 src/backprojector.cpp, BackProjector::externalRecon
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -210,13 +211,25 @@ def _newest_value(
     A file that cannot be read is passed over: RELION may be rewriting it."""
     for path in paths:
         try:
-            blocks = read(path) if read else read_star(path)
+            blocks = read(path) if read else _read_star_once(path)
             value = convert(blocks.get(block, {})[label][0])
         except (InputError, KeyError, ValueError, IndexError, OSError):
             continue
         if value is not None:
             return value, path
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _read_star_cached(path: Path, mtime_ns: int, size: int) -> dict:
+    return read_star(path)
+
+
+def _read_star_once(path: Path) -> dict:
+    """``read_star``, parsed once per hook call for the pixel size and RELION's resolution
+    (both read the newest model STAR); keyed on mtime and size, so a rewritten file is re-read."""
+    st = path.stat()
+    return _read_star_cached(path, st.st_mtime_ns, st.st_size)
 
 
 def _positive(text: str) -> float | None:
