@@ -616,10 +616,13 @@ def find_iterations(
             by_iter.setdefault(r.iteration, []).append(r)
 
     numbers = sorted(candidates)
+    # RELION writes iteration N's files before it calls the hook for iteration N+1, so a hook
+    # record of a later iteration proves them whole (a hook that fails at once must not hide them)
+    latest_hook_iteration = max(by_iter, default=-1)
     out: list[Iteration] = []
     for k, it in enumerate(numbers):
         root, opt_path = candidates[it]
-        newer_exists = k + 1 < len(numbers)
+        newer_exists = k + 1 < len(numbers) or latest_hook_iteration > it
         try:
             iteration = _read_iteration(job, proj, root, it, opt_path, name_set, by_iter.get(it, []))
         except InputError as exc:

@@ -119,6 +119,23 @@ def test_newest_iteration_must_settle_while_running(job_copy):
 
 
 @pytest.mark.relion
+def test_a_later_hook_call_proves_the_newest_iteration_whole(job_copy):
+    """A hook that fails at once in iteration N+1's M-step must not hide iteration N's files
+    (RELION wrote them before calling it), however young they are."""
+    (job_copy / "run_it003_half2_model.star").touch()  # just written
+    hook_log = job_copy / "credgui_hook.jsonl"
+    hook_log.unlink(missing_ok=True)
+    assert find_iterations(job_copy, running=True, settle_s=60.0)[-1].number == 2
+    hook_log.write_text(json.dumps({"root": "run_it003_half1_class001", "iteration": 3, "half": 1,
+                                    "status": "error", "error": "x"}) + "\n")
+    assert find_iterations(job_copy, running=True, settle_s=60.0)[-1].number == 2  # same iteration: no proof
+    with open(hook_log, "a") as fh:
+        fh.write(json.dumps({"root": "run_it004_half1_class001", "iteration": 4, "half": 1,
+                             "status": "error", "error": "x"}) + "\n")
+    assert find_iterations(job_copy, running=True, settle_s=60.0)[-1].number == 3
+
+
+@pytest.mark.relion
 def test_truncated_half_map_and_model_are_incomplete(job_copy):
     half = job_copy / "run_it002_half2_class001.mrc"
     with open(half, "r+b") as fh:
