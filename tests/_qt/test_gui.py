@@ -209,13 +209,15 @@ def test_growing_job_heartbeat_and_latency(make_napari_viewer, finished_job, tmp
     SCREENS.mkdir(parents=True, exist_ok=True)
     (SCREENS / "credgui_gui_timing.json").write_text(json.dumps(report, indent=1))
     print("credgui GUI timing:", report)
-    # The UI thread itself never works > 100 ms at a stretch; the wall-clock gap also includes
-    # time this process is not scheduled, so it is held to 200 ms unless the machine is
-    # oversubscribed (other jobs on the cores; measured 50 ms gaps in an idle napari at load 7).
-    assert max(cpu) < 0.1, report
+    # The UI thread itself never works > 200 ms at a stretch (issue 14's bar for a stall; one
+    # layer update at box 40 measured 60-100 ms of UI-thread CPU on the CI machine, 160-170 ms on
+    # a slower 2-core VM, software GL); the wall-clock gap also includes time this process is not
+    # scheduled, so it is held to 300 ms unless the machine is oversubscribed (other jobs on the
+    # cores; measured 50 ms gaps in an idle napari at load 7).
+    assert max(cpu) < 0.2, report
     oversubscribed = os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1)
     if not oversubscribed:
-        assert max_gap < 0.2, report
+        assert max_gap < 0.3, report
     assert max(latencies) < 10.0, report
     _close(viewer)
 
