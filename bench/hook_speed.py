@@ -60,7 +60,7 @@ def make_inputs(directory: Path, box: int, pad: float = 2.0, seed: int = 0) -> P
         z0, y0, x0 = rng.uniform(-box / 5, box / 5, 3)
         gz, gy, gx = (np.exp(-((c - v) ** 2) / s2).astype(np.float32) for v in (z0, y0, x0))
         vol += gz[:, None, None] * gy[None, :, None] * gx[None, None, :]
-    from credgui.recon._fft import rfftn_padded
+    from credgui.metrics.fft import rfftn_padded
 
     xf = rfftn_padded(vol, p) / np.float32(box**2)
     r2 = rfft_radius2(p)

@@ -213,11 +213,6 @@ def hook_errors(it: Any) -> list[str]:
     ]
 
 
-def hook_total_time(it: Any) -> float | None:
-    totals = [float(r["timings"]["total"]) for r in hook_records(it) if "total" in (r.get("timings") or {})]
-    return max(totals) if totals else None
-
-
 def state_status(state: Any) -> str:
     return str(_first(state, "status", default="unknown"))
 

@@ -4,7 +4,7 @@
 standardises each map for display (zero mean, unit standard deviation over the box, so one
 contrast and one contour level in sigma units fit maps of different scale: x~, f(x~), RELION's
 map, the ground truth), runs marching cubes (scikit-image) at the shared level, and computes each
-map's FSC against the ground truth with the core's ``credgui.metrics.fsc``. It yields one
+map's FSC against the ground truth with the core's ``credgui.metrics.truth.fsc_vs_truth``. It yields one
 ``LoadedMap`` per map, then a ``MapsSummary``; ``MapLayers`` applies them on the GUI thread.
 """
 
@@ -51,12 +51,15 @@ class LoadedMap:
 
 @dataclass(frozen=True)
 class TruthFsc:
-    """FSC of one map against the ground truth; ``frequency`` in 1/A."""
+    """FSC of one map against the ground truth (``credgui.metrics.truth.fsc_vs_truth``) from
+    shell 1; ``frequency`` in 1/A; ``res_05``/``res_0143``: the core's crossings (A)."""
 
     kind: str
     frequency: np.ndarray
     fsc: np.ndarray
     masked: bool
+    res_05: float = float("nan")
+    res_0143: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,8 @@ def _truth_fsc(raw: dict[str, np.ndarray], mask_path: Path | None, pixel_size: f
     """FSC of each map vs the ground truth, inside the soft solvent mask when one is known.
 
     Yields a TruthFsc per map, or a one-line error string."""
-    from credgui.metrics.fsc import fsc
     from credgui.metrics.masks import soft_mask_from_map
+    from credgui.metrics.truth import fsc_vs_truth
     from credgui.relion.mrc import read_mrc
 
     gt = raw["ground_truth"]
@@ -181,18 +184,15 @@ def _truth_fsc(raw: dict[str, np.ndarray], mask_path: Path | None, pixel_size: f
                 _MASKS[key] = mask
             except Exception as exc:  # noqa: BLE001
                 yield f"soft mask from the ground truth: {exc}; FSC vs truth unmasked"
-    box = gt.shape[0]
     for kind, volume in raw.items():
         if kind == "ground_truth":
             continue
         try:
-            curve = np.asarray(fsc(volume, gt, mask=mask), dtype=float)
+            r = fsc_vs_truth(volume, gt, pixel_size, mask)
         except Exception as exc:  # noqa: BLE001
             yield f"FSC {MAP_LABELS[kind]} vs truth: {exc}"
             continue
-        shells = np.arange(curve.size, dtype=float)
-        freq = shells / (box * pixel_size)
-        yield TruthFsc(kind, freq[1:], curve[1:], mask is not None)
+        yield TruthFsc(kind, r.frequency[1:], r.fsc[1:], r.masked, r.res_05, r.res_0143)
 
 
 class MapLayers:
@@ -261,7 +261,6 @@ class MapLayers:
                 units="angstrom",
                 metadata={"credgui_kind": item.kind, "path": str(item.path)},
             )
-            _label(image)
         else:
             image.data = item.volume
             if tuple(image.scale) != (item.voxel_size,) * 3:
@@ -288,7 +287,6 @@ class MapLayers:
                     units="angstrom",
                     metadata={"credgui_kind": item.kind},
                 )
-                _label(surf)
             else:
                 surf.data = data if len(item.faces) else _empty_surface()
                 if tuple(surf.scale) != (item.voxel_size,) * 3:
@@ -375,11 +373,6 @@ class MapLayers:
         return [l for k in self.kinds if (l := self._layer(self.surface_name(k))) is not None]
 
 
-LABEL_CELLS = False
-"""Per-cell layer-name overlays (napari >= 0.6). Off: measured 370 ms UI-thread stalls per map
-update with them on under software OpenGL (vispy re-lays out the text of every cell)."""
-
-
 def current_slices(layers: MapLayers) -> list[tuple[str, np.ndarray]]:
     """(label, 2D slice) of each shown map in the displayed plane at the current dims point."""
     dims = layers.viewer.dims
@@ -448,13 +441,6 @@ def write_slices(slices: list[tuple[str, np.ndarray]], contrast: tuple[float, fl
     svg = folder / f"{stem}.svg"
     svg.write_text("\n".join(parts))
     return written + [svg]
-
-
-def _label(layer: Any) -> None:
-    """Show the layer's name in its grid cell when LABEL_CELLS."""
-    overlay = getattr(layer, "name_overlay", None)
-    if LABEL_CELLS and overlay is not None:
-        overlay.visible = True
 
 
 def _set(obj: Any, name: str, value: Any) -> None:

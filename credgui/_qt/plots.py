@@ -2,8 +2,9 @@
 and angular error per iteration; export of every plot (PNG, SVG) and a per-iteration CSV.
 
 The curves come from the session's ``JobState`` and the maps panel's ``MapsSummary``; resolution
-crossings are computed by ``credgui.metrics.fsc.resolution_at`` and angular errors by
-``credgui.metrics.angles.angular_error`` (in a worker: it reads RELION's ``run_itNNN_data.star``).
+crossings are computed by ``credgui.metrics.fsc.resolution_at`` (vs the truth: by
+``credgui.metrics.truth``) and angular errors by ``credgui.metrics.angles.angular_errors`` (in a
+worker: it reads RELION's ``run_itNNN_data.star``).
 """
 
 from __future__ import annotations
@@ -83,34 +84,13 @@ def _fmt_res(value: float) -> str:
 
 
 def angular_error_stats(data_star: Path, true_poses: Path) -> tuple[float, float, int]:
-    """(median, mean) angular error in degrees and the particle count, matched by rlnImageName.
+    """(median, mean) angular error in degrees and the particle count: the core's
+    ``credgui.metrics.angles`` (particles matched by image index and stack name, so a job made
+    by ``credgui demo``, whose image names say ``data/particles.mrcs``, matches its truth)."""
+    from credgui.metrics.angles import angle_summary, angular_errors
 
-    Reads with credgui's pure-Python STAR reader rather than starfile/pandas: it is slower in
-    total but yields the GIL every few ms, where pandas' C parser holds it (measured: a 160 ms
-    stall of the UI thread for a 300-particle data.star).
-    """
-    from credgui.metrics.angles import angular_error
-    from credgui.relion.star import read_star
-
-    def poses(path: Path) -> dict[str, tuple[float, float, float]]:
-        for block in read_star(path).values():
-            if "rlnImageName" in block and "rlnAngleRot" in block:
-                return {
-                    name: (float(r), float(t), float(p))
-                    for name, r, t, p in zip(
-                        block["rlnImageName"], block["rlnAngleRot"], block["rlnAngleTilt"], block["rlnAnglePsi"]
-                    )
-                }
-        raise ValueError(f"{path}: no table with rlnImageName and rlnAngleRot/Tilt/Psi")
-
-    refined, truth = poses(data_star), poses(true_poses)
-    common = [name for name in refined if name in truth]
-    if not common:
-        raise ValueError(f"{data_star}: no particle matches {true_poses} by rlnImageName")
-    a = np.array([refined[n] for n in common])
-    b = np.array([truth[n] for n in common])
-    err = angular_error(a[:, 0], a[:, 1], a[:, 2], b[:, 0], b[:, 1], b[:, 2])
-    return float(np.median(err)), float(np.mean(err)), int(err.size)
+    s = angle_summary(angular_errors(data_star, true_poses))
+    return s["median_deg"], s["mean_deg"], s["n"]
 
 
 def _render_svg(widget: QWidget, path: Path) -> None:
@@ -227,18 +207,11 @@ class PlotsWidget(QWidget):
             plot.removeItem(item)
         self.truth_curves = []
         lines = []
-        from credgui.metrics.fsc import resolution_at
-
         for k, tf in enumerate(summary.truth_fsc):
             pen = pg.mkPen(PALETTE[k % len(PALETTE)], width=2)
             item = plot.plot(tf.frequency, tf.fsc, pen=pen, name=MAP_LABELS[tf.kind])
             self.truth_curves.append(item)
-            full = np.concatenate([[1.0], tf.fsc])
-            box_a = 1.0 / tf.frequency[0] if tf.frequency[0] > 0 else None
-            if box_a:
-                r143 = resolution_at(full, 0.143, box_a, 1)
-                r05 = resolution_at(full, 0.5, box_a, 1)
-                lines.append(f"{MAP_LABELS[tf.kind]}: 0.5 at {_fmt_res(r05)}, 0.143 at {_fmt_res(r143)}")
+            lines.append(f"{MAP_LABELS[tf.kind]}: 0.5 at {_fmt_res(tf.res_05)}, 0.143 at {_fmt_res(tf.res_0143)}")
         masked = any(tf.masked for tf in summary.truth_fsc)
         head = f"iteration {summary.iteration}" + (" (masked)" if masked else "")
         self.captions["fsc_truth"].setText(

@@ -199,7 +199,6 @@ class JobSession(QObject):
         self.context: JobContext | None = None
         self.follow_latest = True
         self.selected: int | None = None  # iteration number
-        self.state_times: list[tuple[float, Any]] = []  # (monotonic time, state) for latency
         self._worker = None
         self._context_worker = None
         self._context_tried_at = -1
@@ -294,8 +293,6 @@ class JobSession(QObject):
             return
         need_context = self.context is None or self.context.particles_star is None
         self.state = item
-        self.state_times.append((time.monotonic(), item))
-        del self.state_times[:-50]
         self.state_changed.emit(item)
         its = _state.state_iterations(item)
         if its and need_context and len(its) != self._context_tried_at:

@@ -1,7 +1,8 @@
 """The benchmark's numbers for one finished refinement (paper section 3.2, Figs. 4 and 5).
 
-Why here and not in credgui.metrics: these combine the generic metrics (FSC, masks, angles) with
-RELION's output files and the simulated truth; the pieces stay reusable on plain arrays.
+Why here and not in credgui.metrics: these combine the metrics (``credgui.metrics``: FSC against
+the truth, angular errors and their summary, crossings) with RELION's output files and the
+simulated truth; every number is computed there, this module only picks the files and names.
 
 Conventions:
 - FSC against the truth: the final map and the ground truth, both times the data set's soft
@@ -14,35 +15,28 @@ Conventions:
   RELION claims too much: ``true_A - reported_A`` in A, and ``shell(reported) - shell(true)``
   in Fourier shells (spectral index box * pixel_size / resolution, fractional).
 - Angular error: angle of R_refined R_true^T (axis-angle, paper Fig. 5), per particle, matched
-  by ``rlnImageName``.
+  by image index and stack name (``credgui.metrics.angles.particle_key``).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from credgui.errors import InputError
-from credgui.metrics.angles import angular_error
-from credgui.metrics.fsc import fsc, fsc_to_resolution_axis, resolution_at
+from credgui.metrics.angles import angle_summary, angular_errors
+from credgui.metrics.fsc import fsc, resolution_at
+from credgui.metrics.truth import curve_pairs, fsc_vs_truth
 
 __all__ = [
-    "ANGLE_BIN_DEG",
     "overestimation",
     "overestimation_from_maps",
-    "angular_errors",
-    "angle_summary",
-    "truth_fsc",
     "map_agreement",
     "run_metrics",
 ]
-
-ANGLE_BIN_DEG = 0.5
-"""Histogram bin width (degrees) of the stored angular-error distribution (0 to 180)."""
 
 
 def _shell(resolution: float, box: int, pixel_size: float) -> float:
@@ -81,71 +75,6 @@ def overestimation_from_maps(
             "overestimation_shells": shells}
 
 
-def _read_angles(path: Path) -> dict[str, tuple[float, float, float]]:
-    from credgui.relion.star import read_star
-
-    blocks = read_star(path)
-    block = blocks.get("particles") if "particles" in blocks else blocks.get("")
-    if block is None:
-        raise InputError(path, "no data_particles block")
-    try:
-        names = block["rlnImageName"]
-        rot, tilt, psi = (block[k] for k in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
-    except KeyError as exc:
-        raise InputError(path, f"no _{exc.args[0]} column") from None
-    try:
-        return {n.split("@", 1)[0].lstrip("0") + "@" + os.path.basename(n.split("@", 1)[-1]):
-                (float(a), float(b), float(c)) for n, a, b, c in zip(names, rot, tilt, psi)}
-    except ValueError:
-        raise InputError(path, "non-numeric angle") from None
-
-
-def angular_errors(refined_star: str | Path, true_star: str | Path) -> np.ndarray:
-    """Per-particle angular error (degrees) between a RELION data STAR and the true poses,
-    matched by image (index @ stack file name, so relative stack paths do not matter)."""
-    refined = _read_angles(Path(refined_star))
-    truth = _read_angles(Path(true_star))
-    common = [k for k in refined if k in truth]
-    if not common:
-        raise InputError(refined_star, f"no particle matches one in {true_star} by rlnImageName")
-    a = np.array([refined[k] for k in common])
-    b = np.array([truth[k] for k in common])
-    return np.asarray(angular_error(a[:, 0], a[:, 1], a[:, 2], b[:, 0], b[:, 1], b[:, 2]), dtype=np.float64)
-
-
-def angle_summary(errors: np.ndarray) -> dict[str, Any]:
-    """Median, mean, 90th percentile and a 0.5-degree histogram (0..180) of angular errors."""
-    e = np.asarray(errors, dtype=np.float64)
-    edges = np.arange(0.0, 180.0 + ANGLE_BIN_DEG / 2, ANGLE_BIN_DEG)
-    counts, _ = np.histogram(e, bins=edges)
-    last = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
-    return {
-        "n": int(e.size),
-        "median_deg": float(np.median(e)),
-        "mean_deg": float(np.mean(e)),
-        "p90_deg": float(np.percentile(e, 90)),
-        "fraction_over_10_deg": float(np.mean(e > 10.0)),
-        "hist_bin_deg": ANGLE_BIN_DEG,
-        "hist_counts": [int(c) for c in counts[:last]],  # trailing empty bins left out
-    }
-
-
-def _curve(curve: np.ndarray, pixel_size: float, box: int) -> list[list[float]]:
-    res = fsc_to_resolution_axis(curve.size, pixel_size, box)
-    return [[float(r), round(float(f), 5)] for r, f in zip(res[1:], curve[1:])]
-
-
-def truth_fsc(rec: np.ndarray, truth: np.ndarray, mask: np.ndarray, pixel_size: float) -> dict[str, Any]:
-    """FSC of a map with the truth inside the soft mask: 0.5 and 0.143 crossings, the curve."""
-    box = truth.shape[0]
-    curve = fsc(rec, truth, mask)
-    return {
-        "fsc_truth_05_angst": resolution_at(curve, 0.5, pixel_size, box),
-        "fsc_truth_0143_angst": resolution_at(curve, 0.143, pixel_size, box),
-        "fsc_truth_curve": _curve(curve, pixel_size, box),
-    }
-
-
 def map_agreement(map_a: np.ndarray, map_b: np.ndarray, pixel_size: float, up_to_angst: float | None,
                   mask: np.ndarray | None = None) -> dict[str, Any]:
     """How identical two maps are (relion vs none): FSC curve, its minimum over the shells up to
@@ -162,7 +91,7 @@ def map_agreement(map_a: np.ndarray, map_b: np.ndarray, pixel_size: float, up_to
         "fsc_099_angst": resolution_at(curve, 0.99, pixel_size, box),
         "correlation": float(np.corrcoef(a, b)[0, 1]),
         "max_abs_diff_rel": float(np.abs(a - b).max() / (np.abs(a).max() or 1.0)),
-        "fsc_curve": _curve(curve, pixel_size, box),
+        "fsc_curve": curve_pairs(curve, pixel_size, box),
     }
 
 
@@ -208,11 +137,11 @@ def run_metrics(job_dir: str | Path, manifest) -> dict[str, Any]:
         rec = 0.5 * (read_mrc(final.half_maps[0], expect_shape=truth.shape)
                      + read_mrc(final.half_maps[1], expect_shape=truth.shape))
         out.update(converged=False, final_map=None, final_half_maps=[str(h) for h in final.half_maps])
-    out.update(truth_fsc(rec, truth, mask, px))
+    out.update(fsc_vs_truth(rec, truth, px, mask).summary())
     reported = float(final.resolution)
     out["reported_angst"] = reported
     gold = final.fsc[:, 2] if final.fsc.size else np.zeros(0)
-    out["halfmap_fsc_curve"] = _curve(gold, px, box) if gold.size else []
+    out["halfmap_fsc_curve"] = curve_pairs(gold, px, box) if gold.size else []
     angst, shells = overestimation(reported, out["fsc_truth_05_angst"], box, px)
     out["overestimation_angst"] = angst
     out["overestimation_shells"] = shells
@@ -222,7 +151,7 @@ def run_metrics(job_dir: str | Path, manifest) -> dict[str, Any]:
         h2 = read_mrc(final.half_maps[1], expect_shape=truth.shape)
         masked_half = fsc(h1, h2, mask)
         out["halfmap_masked_0143_angst"] = resolution_at(masked_half, 0.143, px, box)
-        out["halfmap_masked_fsc_curve"] = _curve(masked_half, px, box)
+        out["halfmap_masked_fsc_curve"] = curve_pairs(masked_half, px, box)
     if final.data_star is None:
         raise InputError(job, f"no data STAR for iteration {final.number} (no angles to compare)")
     errors = angular_errors(final.data_star, manifest.true_poses_star)

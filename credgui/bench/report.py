@@ -56,7 +56,7 @@ def compare_relion_none(out_dir: str | Path, dataset: str, rec_relion: dict, rec
                relion_iterations=rec_relion.get("iterations"), none_iterations=rec_none.get("iterations"),
                median_angle_between_runs_deg=None)
     try:
-        from credgui.bench.metrics import angular_errors
+        from credgui.metrics.angles import angular_errors
         import numpy as np
 
         ja, jb = Path(rec_relion.get("data_star") or ""), Path(rec_none.get("data_star") or "")

@@ -407,7 +407,7 @@ def _run_one_gen(out, plan, run, manifest, key, poll_s, emit, pending):
     def target() -> None:
         try:
             box["rec"] = _run_one(out, plan, run, manifest, key, poll_s=poll_s, emit=emit_locked)
-        except BaseException as exc:  # re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
             box["exc"] = exc
         with cond:
             box["done"] = True

@@ -26,7 +26,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -139,55 +138,34 @@ def write_project_particles(manifest, project: Path, out: Path, n_particles: int
 
 
 def truth_fsc(map_path: Path, ground_truth: Path, mask: Path, pixel_size: float) -> dict[str, Any]:
-    """FSC of a map against the ground truth, both times the soft mask: the 0.143 and 0.5
-    crossings (A) and the curve as [[resolution A, fsc], ...]."""
-    import numpy as np
-
-    from credgui.metrics.fsc import fsc, fsc_to_resolution_axis, resolution_at
+    """FSC of a map against the ground truth, both times the soft mask
+    (``credgui.metrics.truth.fsc_vs_truth``): the 0.143 and 0.5 crossings (A), the curve as
+    [[resolution A, fsc], ...] and the masked real-space correlation."""
+    from credgui.metrics.truth import fsc_vs_truth
     from credgui.relion.mrc import read_mrc
 
     truth = read_mrc(ground_truth)
     m = read_mrc(mask, expect_shape=truth.shape)
     rec = read_mrc(map_path, expect_shape=truth.shape)
-    curve = fsc(rec, truth, m)
-    box = truth.shape[0]
-    res = fsc_to_resolution_axis(curve.size, pixel_size, box)
+    result = fsc_vs_truth(rec, truth, pixel_size, m)
     return {
-        "fsc_truth_0143_angst": float(resolution_at(curve, 0.143, pixel_size, box)),
-        "fsc_truth_05_angst": float(resolution_at(curve, 0.5, pixel_size, box)),
-        "fsc_truth_curve": [[float(r), round(float(f), 5)] for r, f in zip(res[1:], curve[1:])],
+        **result.summary(),
         "nyquist_angst": 2.0 * pixel_size,
-        "map_truth_correlation_masked": float(np.corrcoef((rec * m).ravel(), (truth * m).ravel())[0, 1]),
+        "map_truth_correlation_masked": result.correlation,
     }
 
 
 def angular_errors(data_star: Path, true_poses: Path) -> dict[str, Any]:
     """Median and 90th-percentile angle (deg) between RELION's orientations in ``data_star`` and
-    the simulated truth, particles matched by image number (the demo's maps share the truth's
-    frame: the refinement starts from its low-pass)."""
-    import numpy as np
+    the simulated truth (``credgui.metrics.angles``: particles matched by image index and stack
+    name; the demo's maps share the truth's frame: the refinement starts from its low-pass)."""
+    from credgui.metrics.angles import angle_summary
+    from credgui.metrics.angles import angular_errors as errors_of
 
-    from credgui.metrics.angles import angular_error
-    from credgui.relion.star import read_star
-
-    def poses(path: Path) -> dict[str, tuple[float, float, float]]:
-        block = read_star(path).get("particles")
-        if block is None or "rlnAngleRot" not in block:
-            raise InputError(path, "no data_particles block with rlnAngleRot/Tilt/Psi")
-        keys = [name.partition("@")[0].lstrip("0") for name in block["rlnImageName"]]
-        angles = zip(*(map(float, block[c]) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")))
-        return dict(zip(keys, angles))
-
-    est, truth = poses(data_star), poses(true_poses)
-    common = [k for k in est if k in truth]
-    if not common:
-        raise InputError(data_star, f"no particle in common with {true_poses}")
-    a = np.array([est[k] for k in common])
-    b = np.array([truth[k] for k in common])
-    err = angular_error(a[:, 0], a[:, 1], a[:, 2], b[:, 0], b[:, 1], b[:, 2])
+    summary = angle_summary(errors_of(data_star, true_poses))
     return {
-        "angular_error_median_deg": round(float(np.median(err)), 3),
-        "angular_error_p90_deg": round(float(np.percentile(err, 90)), 3),
+        "angular_error_median_deg": round(summary["median_deg"], 3),
+        "angular_error_p90_deg": round(summary["p90_deg"], 3),
     }
 
 

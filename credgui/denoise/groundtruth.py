@@ -15,9 +15,7 @@ and the library records which families it holds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,42 +71,13 @@ def oriented_map(
 ) -> np.ndarray:
     """The model's potential map, rotated by ``rotation`` about its centre of mass, (z, y, x).
 
-    Same recipe as ``credgui.simulate.model.model_to_map`` (gemmi on a grid <= 0.8 A, Fourier crop
-    to ``box``, so the map is band-limited), with the atoms rotated first. InputError (naming the
-    file) when unreadable or too large for the box.
+    ``credgui.simulate.model.model_to_map`` with the atoms rotated first (gemmi on a grid <= 0.8 A,
+    Fourier crop to ``box``, so the map is band-limited). InputError (naming the file) when
+    unreadable or too large for the box.
     """
-    import gemmi
+    from credgui.simulate.model import model_to_map
 
-    from credgui.simulate import model as sm
-
-    st, xyz, masses, b_default = sm.prepare_model(path)
-    info = sm._info(path, xyz, masses, b_default)
-    sm.check_fits(info, box, voxel_size)
-    rot = np.eye(3) if rotation is None else np.asarray(rotation, dtype=float)
-    com = (xyz * masses[:, None]).sum(0) / masses.sum()
-    centre = np.full(3, (box // 2) * voxel_size)
-    over = max(1, math.ceil(voxel_size / sm.FINE_PIXEL - 1e-9))
-    n_fine = box * over
-    length = box * voxel_size
-    for ch in st[0]:
-        for res in ch:
-            for atom in res:
-                p = rot @ (np.array(atom.pos.tolist()) - com) + centre
-                atom.pos = gemmi.Position(*p)
-    dc = gemmi.DensityCalculatorE()
-    dc.d_min = 0
-    dc.grid.set_unit_cell(gemmi.UnitCell(length, length, length, 90, 90, 90))
-    dc.grid.spacegroup = gemmi.find_spacegroup_by_name("P1")
-    dc.grid.set_size(n_fine, n_fine, n_fine)
-    st.cell = dc.grid.unit_cell
-    st.spacegroup_hm = "P 1"
-    dc.put_model_density_on_grid(st[0])
-    fine = np.array(dc.grid, copy=True)
-    if fine.shape != (n_fine,) * 3:
-        raise RuntimeError(f"gemmi resized the grid to {fine.shape}")
-    fine = np.ascontiguousarray(fine.transpose(2, 1, 0), dtype=np.float64)
-    vol = sm.fourier_crop(fine, box) if over > 1 else fine
-    return vol.astype(np.float32)
+    return model_to_map(path, box, voxel_size, rotation=rotation)[0]
 
 
 def iter_build_library(
@@ -211,10 +180,6 @@ def split_by_family(
     return [e for e in entries if e.family not in val], [
         e for e in entries if e.family in val
     ]
-
-
-def entry_dicts(entries: Sequence[ModelEntry]) -> list[dict]:
-    return [dataclasses.asdict(e) for e in entries]
 
 
 __all__ = [

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from credgui.denoise.pairs import FSC_THRESHOLD, coarsened_truth, shell_radius
+from credgui.denoise.pairs import coarsened_truth
 from credgui.denoise.train import rotate_cube, sample_batch
 from credgui.errors import InputError
+from credgui.metrics.fsc import FSC_THRESHOLD, resolution_at, shell_index
 
 SET_FORMAT = "credgui-intermediates/2"
 SET_FORMAT_1 = "credgui-intermediates/1"
@@ -81,16 +82,15 @@ def model_pixel_size(model_star: str | Path) -> float:
 
 
 def fsc_resolution(fsc: np.ndarray, box: int, pixel_size: float) -> float:
-    """Nominal resolution (A): where the FSC first falls below 0.143 (the hook's definition)."""
-    from credgui.metrics.fsc import resolution_at
-
-    return float(resolution_at(np.asarray(fsc, float), FSC_THRESHOLD, pixel_size, box))
+    """Nominal resolution (A): where the FSC first falls below 0.143, interpolated as the hook's
+    ``nominal_resolution``, but with the bounds where there is no crossing (``inf`` when below
+    from shell 1, Nyquist when never below): every harvested map needs a number to draw by."""
+    return float(resolution_at(np.asarray(fsc, float), FSC_THRESHOLD, pixel_size, box, no_crossing="bound"))
 
 
 def fit_scale(x: np.ndarray, truth: np.ndarray, fsc: np.ndarray) -> float:
     """a minimising ||FT(x) - a FT(truth)||^2 over the shells where FSC > 0.5 (DC excluded)."""
-    box = x.shape[0]
-    shells = np.rint(shell_radius(box)).astype(np.int64)
+    shells = shell_index(x.shape)
     good = np.zeros(shells.max() + 1, bool)
     n = min(len(fsc), len(good))
     good[:n] = np.asarray(fsc[:n]) > 0.5

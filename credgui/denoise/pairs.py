@@ -24,18 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from credgui.denoise.train import rotate_cube, sample_batch, soft_mask_from_map
-
-FSC_THRESHOLD = 0.143
-
-
-def shell_radius(box: int) -> np.ndarray:
-    """(box, box, box//2+1) |k| in shells (float), rfft layout, origin [0,0,0]."""
-    fz = np.fft.fftfreq(box) * box
-    fx = np.fft.rfftfreq(box) * box
-    return np.sqrt(
-        fz[:, None, None] ** 2 + fz[None, :, None] ** 2 + fx[None, None, :] ** 2
-    )
+from credgui.denoise.train import rotate_cube, sample_batch
+from credgui.metrics.filters import shell_filter
+from credgui.metrics.fsc import FSC_THRESHOLD, shell_radius
+from credgui.metrics.masks import soft_mask_sigma
 
 
 def shell_power(spectrum: np.ndarray, shells: np.ndarray, n_shells: int) -> np.ndarray:
@@ -55,12 +47,8 @@ def coarsened_truth(
     fsc: per integer shell (index round(|k| * box)); negative values count as 0, shells beyond
     the array as 0.
     """
-    box = truth.shape[0]
-    shells = np.rint(shell_radius(box)).astype(np.int64)
-    w = np.zeros(max(box, len(fsc)) + 1)
-    w[: len(fsc)] = np.clip(np.nan_to_num(np.asarray(fsc, float)), 0.0, 1.0)
-    f = np.fft.rfftn(truth.astype(np.float64)) * w[shells]
-    return (scale * np.fft.irfftn(f, s=truth.shape, axes=(0, 1, 2))).astype(np.float32)
+    transfer = np.clip(np.nan_to_num(np.asarray(fsc, float)), 0.0, 1.0)
+    return (scale * shell_filter(truth.astype(np.float64), transfer)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -108,9 +96,9 @@ class ResolutionPairs:
         self.voxel_size = float(voxel_size)
         self.settings = settings
         self.masks = (
-            np.stack([soft_mask_from_map(m) for m in maps]) if masks is None else masks
+            np.stack([soft_mask_sigma(m) for m in maps]) if masks is None else masks
         )
-        self.radius = shell_radius(self.box)
+        self.radius = shell_radius((self.box,) * 3)
         self.shells = np.rint(self.radius).astype(np.int64)
         self.k2 = (self.radius / (self.box * self.voxel_size)) ** 2  # (1/A)^2
 
@@ -186,7 +174,6 @@ __all__ = [
     "ResolutionPairs",
     "coarsened_truth",
     "shell_power",
-    "shell_radius",
 ]
 
 

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from credgui.denoise.unet import (
     UNet3D,
@@ -44,6 +43,8 @@ from credgui.denoise.unet import (
     save_torch_atomic,
 )
 from credgui.errors import InputError
+from credgui.metrics.filters import shell_filter
+from credgui.metrics.masks import soft_mask_sigma
 
 log = logging.getLogger(__name__)
 
@@ -148,31 +149,6 @@ def rotate_cube(volume: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(v, turn, axes=(1, 2))
 
 
-def soft_mask_from_map(
-    volume: np.ndarray, *, threshold_sigma: float = 1.0, dilate: int = 3, soft: int = 4
-) -> np.ndarray:
-    """A soft solvent mask (1 in the molecule, 0 in the solvent) from a noise-free map.
-
-    Threshold at mean + ``threshold_sigma`` * std of the map smoothed by a Gaussian of 1 voxel,
-    dilate by ``dilate`` voxels, then a raised-cosine edge ``soft`` voxels wide.
-    """
-    smooth = ndimage.gaussian_filter(volume.astype(np.float32), 1.0)
-    core = smooth > smooth.mean() + threshold_sigma * smooth.std()
-    if not core.any():
-        return np.ones_like(volume, dtype=np.float32)
-    dist = ndimage.distance_transform_edt(~core)
-    mask = np.clip((dilate + soft - dist) / max(soft, 1), 0.0, 1.0)
-    return (0.5 - 0.5 * np.cos(np.pi * mask)).astype(np.float32)
-
-
-def _shell_index(box: int) -> np.ndarray:
-    """(box, box, box//2+1) integer shell index round(|k| * box), rfft layout, origin [0,0,0]."""
-    fz = np.fft.fftfreq(box) * box
-    fx = np.fft.rfftfreq(box) * box
-    r = np.sqrt(fz[:, None, None] ** 2 + fz[None, :, None] ** 2 + fx[None, None, :] ** 2)
-    return np.minimum(np.rint(r).astype(np.int64), box // 2)
-
-
 def coloured_noise(rng: np.random.Generator, box: int, profile: np.ndarray | None) -> np.ndarray:
     """Real-space Gaussian noise, unit std, whose amplitude per shell follows ``profile``.
 
@@ -182,11 +158,10 @@ def coloured_noise(rng: np.random.Generator, box: int, profile: np.ndarray | Non
     white = rng.standard_normal((box, box, box)).astype(np.float32)
     if profile is None:
         return white
-    spectrum = (
-        np.fft.rfftn(white, axes=(0, 1, 2))
-        * np.asarray(profile, dtype=np.float64)[_shell_index(box)]
-    )
-    noise = np.fft.irfftn(spectrum, s=(box, box, box), axes=(0, 1, 2)).astype(np.float32)
+    # shells past box//2 (the corners) keep the amplitude of shell box//2
+    amp = np.asarray(profile, dtype=np.float64)
+    held = amp[np.minimum(np.arange(int(np.ceil(np.sqrt(3) * box / 2)) + 2), box // 2)]
+    noise = shell_filter(white, held).astype(np.float32)
     std = noise.std()
     return noise / std if std > 0 else noise
 
@@ -223,7 +198,7 @@ class GaussianPairs:
     """Noisy/clean training pairs from ground-truth maps (section 3.1's Gaussian model).
 
     maps: (D, H, W) float arrays, each at least ``config.box`` per side; masks: matching soft
-    solvent masks (None: ``soft_mask_from_map``).
+    solvent masks (None: ``credgui.metrics.masks.soft_mask_sigma``).
     """
 
     def __init__(
@@ -243,7 +218,7 @@ class GaussianPairs:
         self.config = config
         self.maps = [np.asarray(m, dtype=np.float32) for m in maps]
         self.masks = (
-            [soft_mask_from_map(m) for m in self.maps]
+            [soft_mask_sigma(m) for m in self.maps]
             if masks is None
             else [np.asarray(k, np.float32) for k in masks]
         )
@@ -349,7 +324,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (torch raises many types for a corrupt or foreign file)
         raise InputError(
             path,
             f"not a readable checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
@@ -529,6 +504,5 @@ __all__ = [
     "load_checkpoint",
     "noise_profile_from_file",
     "rotate_cube",
-    "soft_mask_from_map",
     "train",
 ]

@@ -424,7 +424,7 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
         raise InputError(path, "U-Net weights file does not exist")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+    except Exception as exc:  # noqa: BLE001 (torch raises many types for a corrupt or foreign file)
         problem = " ".join(str(exc).split())[:200]
         raise InputError(
             path, f"not a readable torch weights file ({type(exc).__name__}: {problem})"

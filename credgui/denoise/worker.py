@@ -796,7 +796,7 @@ def _handle(conn: socket.socket, ctx: _Context) -> bool:
             raise PermissionError(f"client uid {uid} is not this worker's uid {os.getuid()}")
         header, payload = _recv_message(conn, time.monotonic() + REQUEST_READ_TIMEOUT_S,
                                         max_payload=4 * ctx.max_box**3, check=ctx.check)
-    except Exception as exc:  # timeout, hang-up, bad framing, a length too large, another uid
+    except Exception as exc:  # noqa: BLE001 (timeout, hang-up, bad framing, a length too large, another uid)
         log.warning("dropped a request: %s: %s", type(exc).__name__, _one_line(exc))
         _reply_error(conn, exc)
         return False
@@ -867,7 +867,7 @@ def _handle(conn: socket.socket, ctx: _Context) -> bool:
             raise ValueError(f"unknown op {op!r}; known: denoise, info, ping, shutdown")
     except (BrokenPipeError, ConnectionResetError) as exc:
         log.warning("client went away during %s: %s", op, _one_line(exc))
-    except Exception as exc:  # a bad request must not kill the worker
+    except Exception as exc:  # noqa: BLE001 (a bad request must not kill the worker)
         log.warning("request %s failed: %s: %s", op, type(exc).__name__, _one_line(exc))
         _reply_error(conn, exc)
     return stop

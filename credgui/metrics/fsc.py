@@ -7,6 +7,9 @@ the rounded radius in Fourier voxels, 0 .. N//2; shell ``i`` has spatial frequen
 ``_rlnSpectralIndex`` / ``_rlnAngstromResolution``).
 
 Per-shell sums use one shell-index array and ``np.bincount``; there is no loop over shells.
+This module is credgui's one shell grid (``shell_radius``/``shell_index``) and one FSC crossing
+(``resolution_at``, the hook's ``recon.schedule.nominal_resolution`` included). Only numpy at
+import: the hook imports it on every call (scipy.fft is imported by ``fsc`` itself).
 
 References: van Heel & Schatz (2005) J. Struct. Biol. 151, 250, doi:10.1016/j.jsb.2005.05.009
 (FSC); Rosenthal & Henderson (2003) J. Mol. Biol. 333, 721, doi:10.1016/j.jmb.2003.07.013
@@ -15,10 +18,22 @@ References: van Heel & Schatz (2005) J. Struct. Biol. 151, 250, doi:10.1016/j.js
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.fft
+from typing import Literal
 
-__all__ = ["shell_index", "rfft_hermitian_weight", "fsc", "resolution_at", "fsc_to_resolution_axis"]
+import numpy as np
+
+__all__ = [
+    "FSC_THRESHOLD",
+    "shell_radius",
+    "shell_index",
+    "rfft_hermitian_weight",
+    "fsc",
+    "resolution_at",
+    "fsc_to_resolution_axis",
+]
+
+FSC_THRESHOLD = 0.143
+"""Half-map FSC threshold of the nominal resolution (Rosenthal & Henderson 2003)."""
 
 
 def _check_cubic(shape: tuple[int, ...], name: str = "map") -> int:
@@ -27,18 +42,23 @@ def _check_cubic(shape: tuple[int, ...], name: str = "map") -> int:
     return int(shape[0])
 
 
-def shell_index(shape: tuple[int, int, int]) -> np.ndarray:
-    """Shell of every voxel of the rfft of a real map of ``shape`` (z, y, x).
-
-    Returns an int array of shape (N, N, N//2+1), rfft layout, origin at [0,0,0]: the radius
-    ``sqrt(kz^2 + ky^2 + kx^2)`` in Fourier voxels, rounded to the nearest integer. Values run
-    up to about ``sqrt(3) * N/2`` in the corners; FSC uses shells 0 .. N//2 only.
-    """
+def shell_radius(shape: tuple[int, int, int]) -> np.ndarray:
+    """Fourier radius ``sqrt(kz^2 + ky^2 + kx^2)`` in Fourier voxels (float64) of every voxel of
+    the rfft of a real map of ``shape`` (z, y, x): shape (N, N, N//2+1), origin at [0,0,0]."""
     n = _check_cubic(tuple(shape), "shape")
     k = np.fft.fftfreq(n) * n  # integer frequencies, full axes (z, y)
     kx = np.fft.rfftfreq(n) * n  # half axis (x)
-    r2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2
-    return np.rint(np.sqrt(r2)).astype(np.int64)
+    return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+
+
+def shell_index(shape: tuple[int, int, int]) -> np.ndarray:
+    """Shell of every voxel of the rfft of a real map of ``shape`` (z, y, x).
+
+    Returns an int array of shape (N, N, N//2+1), rfft layout, origin at [0,0,0]: ``shell_radius``
+    rounded to the nearest integer. Values run up to about ``sqrt(3) * N/2`` in the corners;
+    FSC uses shells 0 .. N//2 only.
+    """
+    return np.rint(shell_radius(shape)).astype(np.int64)
 
 
 def rfft_hermitian_weight(n: int) -> np.ndarray:
@@ -60,6 +80,8 @@ def fsc(map1: np.ndarray, map2: np.ndarray, mask: np.ndarray | None = None) -> n
     summed over the full (Hermitian) Fourier space. Returns float64 of length N//2+1, shells
     0..N//2. A shell where either map has no power gets FSC 0.
     """
+    import scipy.fft  # not at import: the hook imports this module for the crossing
+
     a = np.asarray(map1)
     b = np.asarray(map2)
     # float32 maps are transformed in single precision (scipy.fft keeps the dtype: half the
@@ -104,17 +126,24 @@ def fsc_to_resolution_axis(n_shells: int, pixel_size: float, box: int) -> np.nda
         return np.where(i > 0, box * pixel_size / np.maximum(i, 1e-300), np.inf)
 
 
-def resolution_at(fsc: np.ndarray, threshold: float, pixel_size: float, box: int) -> float:
+def resolution_at(
+    fsc: np.ndarray, threshold: float, pixel_size: float, box: int, *,
+    no_crossing: Literal["bound"] | None = "bound",
+) -> float | None:
     """Resolution (A) where ``fsc`` (shells 0..) first falls below ``threshold``.
 
     The search starts at shell 1 (shell 0, the mean, is ignored). With ``i`` the first shell
     >= 1 whose FSC is below the threshold, the crossing is interpolated linearly in spectral
     index between shells ``i-1`` and ``i``, and returned as ``box * pixel_size / index``.
 
-    Edge cases: ``inf`` when FSC is already below the threshold at shell 1 (no resolution
-    measurable); ``box * pixel_size / (len(fsc) - 1)`` (Nyquist for the full curve, 2 pixels)
-    when the curve never falls below: a lower bound, not a measurement.
+    ``no_crossing``: what a curve without a crossing gives. ``"bound"`` (the metrics' choice): ``inf``
+    when FSC is already below the threshold at shell 1 (no resolution measurable) and
+    ``box * pixel_size / (len(fsc) - 1)`` (Nyquist for the full curve, 2 pixels) when the curve
+    never falls below: a lower bound, not a measurement. ``None`` (the hook's choice: no
+    resolution, so lambda 0): None in both cases.
     """
+    if no_crossing not in ("bound", None):
+        raise ValueError(f"no_crossing must be 'bound' or None, got {no_crossing!r}")
     curve = np.asarray(fsc, dtype=np.float64)
     if curve.ndim != 1 or curve.size < 2:
         raise ValueError(f"fsc must be a 1D curve of at least 2 shells, got shape {curve.shape}")
@@ -122,10 +151,10 @@ def resolution_at(fsc: np.ndarray, threshold: float, pixel_size: float, box: int
         raise ValueError(f"pixel_size and box must be > 0, got {pixel_size} A and {box}")
     below = np.flatnonzero(curve[1:] < threshold)
     if below.size == 0:
-        return float(box * pixel_size / (curve.size - 1))
+        return None if no_crossing is None else float(box * pixel_size / (curve.size - 1))
     i = int(below[0]) + 1
     if i == 1:
-        return float("inf")
+        return None if no_crossing is None else float("inf")
     hi, lo = curve[i - 1], curve[i]
     frac = (hi - threshold) / (hi - lo) if hi != lo else 0.0
     index = (i - 1) + frac

@@ -64,19 +64,6 @@ def tau2_from_fsc(
     return ssnr * sigma2
 
 
-def shell_mean_weight(weight: np.ndarray, current_size: int, padding: float) -> np.ndarray:
-    """mean(pad^3 K) per unpadded shell 0..ori//2 (RELION's inverse sigma2), for ``tau2_from_fsc``."""
-    n = weight.shape[0]
-    r2 = rfft_radius2(n)
-    inside = r2 < max_radius2(current_size, padding)
-    shells = unpadded_shell(r2[inside], padding)
-    n_shells = int(round(n / padding)) // 2 + 1
-    sums = np.bincount(shells, weights=padding**3 * weight[inside].astype(np.float64), minlength=n_shells)
-    counts = np.bincount(shells, minlength=n_shells)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)[:n_shells]
-
-
 def prior_weight(
     weight: np.ndarray, tau2: np.ndarray, current_size: int, padding: float, tau2_fudge: float,
     minres_map: int = 0,

@@ -2,14 +2,14 @@
 windowing to the original box, soft edge and sinc^2 gridding correction.
 
 No scipy import at module level: this runs in every hook call, where scipy's import alone
-costs as much as RELION's whole reconstruction at box 64 (see ``_fft``).
+costs as much as RELION's whole reconstruction at box 64 (see ``credgui.metrics.fft``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from credgui.recon._fft import irfftn, irfftn_window, rfftn
+from credgui.metrics.fft import irfftn, irfftn_window, rfftn
 from credgui.recon.fourier import max_radius2, rfft_radius2
 
 BLOB_RADIUS = 1.9 * 2.0  # RELION: tab_ftblob.initialise(_blob_radius * 2., alpha=15, order=0, 10000)

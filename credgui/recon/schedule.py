@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FSC_THRESHOLD = 0.143
+from credgui.metrics.fsc import FSC_THRESHOLD, resolution_at
+
 DEFAULT_LOW_RES = 10.0  # A, paper section 4.3
 DEFAULT_HIGH_RES = 4.5  # A
 
@@ -28,22 +29,15 @@ def nominal_resolution(
     is interpolated linearly in shell index between the last shell at or above the threshold
     and the first below, then converted: resolution = ori_size * pixel_size / shell.
     None when there is no usable FSC (absent, empty, already below at shell 0-1) or it never
-    drops below the threshold (no crossing to report; e.g. a full-box FSC of 1).
+    drops below the threshold (no crossing to report; e.g. a full-box FSC of 1): the one crossing,
+    ``credgui.metrics.fsc.resolution_at`` with ``no_crossing=None``.
     """
     if fsc is None:
         return None
     f = np.asarray(fsc, dtype=np.float64)
     if f.size < 3 or not np.isfinite(f).all():
         return None
-    below = np.nonzero(f[1:] < threshold)[0]
-    if below.size == 0:
-        return None
-    i = int(below[0]) + 1  # first shell below, >= 1
-    if i == 1:
-        return None  # no signal even at the lowest frequency: no meaningful resolution
-    f0, f1 = f[i - 1], f[i]
-    shell = (i - 1) + (f0 - threshold) / (f0 - f1)
-    return float(ori_size * pixel_size / shell)
+    return resolution_at(f, threshold, pixel_size, ori_size, no_crossing=None)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from credgui.recon import _fft
+from credgui.metrics import fft as _fft
 from credgui.recon.fourier import max_radius2, rfft_radius2, unpadded_shell
-from credgui.recon.gridding import sinc2_correction, window_real
-from credgui.recon.resample import resample_fourier, resampled_box
+from credgui.recon.gridding import sinc2_correction
+from credgui.metrics.resample import resample_fourier, resampled_box
 
 
 def unregularised_fourier(data: np.ndarray, weight: np.ndarray, current_size: int, padding: float) -> np.ndarray:
@@ -34,12 +34,6 @@ def unregularised_fourier(data: np.ndarray, weight: np.ndarray, current_size: in
     out = np.divide(data, np.maximum(weight, np.float32(max(floor, 1e-30))), dtype=np.complex64)
     out[~inside] = 0
     return out
-
-
-def unregularised_map(data: np.ndarray, weight: np.ndarray, ori_size: int, current_size: int, padding: float) -> np.ndarray:
-    """x~ in real space: windowed, RELION-scaled and sinc^2-corrected like a reconstruction
-    (no soft edge, so ``padded_fourier_from_map`` can invert it)."""
-    return window_real(unregularised_fourier(data, weight, current_size, padding), ori_size, padding, soft_edge=False)
 
 
 def padded_fourier_from_map(vol: np.ndarray, padded_size: int, padding: float) -> np.ndarray:

@@ -1,10 +1,11 @@
 """A small, fast STAR reader and writer for RELION metadata.
 
-Why not ``starfile`` here: RELION runs the hook at every M-step, and importing pandas (through
+Why not ``starfile``: RELION runs the hook at every M-step, and importing pandas (through
 starfile) costs about 1 s per call, more than RELION's whole reconstruction at box 64
-(measured: numpy+mrcfile import 0.20 s, + starfile 0.57 s). This module covers what RELION 3.1
-writes (data blocks that are either one ``_rlnLabel value`` list or one ``loop_``); large
-particle tables that users edit are read with ``starfile`` elsewhere.
+(measured: numpy+mrcfile import 0.20 s, + starfile 0.57 s); the GUI reads particle tables in a
+worker thread, where pandas' C parser holds the GIL and stalls the window. This module covers
+what RELION 3.1 writes (data blocks that are either one ``_rlnLabel value`` list or one
+``loop_``) and is credgui's only STAR reader; credgui does not depend on starfile.
 """
 
 from __future__ import annotations

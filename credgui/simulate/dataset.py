@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from credgui.errors import InputError
+from credgui.metrics.filters import lowpass
 
 FORMAT_VERSION = 1
 
@@ -193,21 +194,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def lowpass(volume: np.ndarray, pixel_size: float, resolution: float, edge_shells: float = 2.0) -> np.ndarray:
-    """Low-pass a cubic map to ``resolution`` A with a raised-cosine edge ``edge_shells`` wide."""
-    n = volume.shape[0]
-    f = np.fft.rfftn(volume)
-    kz = np.fft.fftfreq(n)[:, None, None]
-    ky = np.fft.fftfreq(n)[None, :, None]
-    kx = np.fft.rfftfreq(n)[None, None, :]
-    shell = np.sqrt(kx * kx + ky * ky + kz * kz) * n  # Fourier shell index
-    cut = n * pixel_size / resolution
-    lo, hi = cut - edge_shells / 2, cut + edge_shells / 2
-    w = np.clip((hi - shell) / (hi - lo), 0.0, 1.0)
-    w = 0.5 - 0.5 * np.cos(np.pi * w)
-    return np.fft.irfftn(f * w, s=volume.shape, axes=(0, 1, 2)).astype(np.float32)
 
 
 def _check_range(path, name: str, value: float, lo: float, hi: float, unit: str = "") -> None:

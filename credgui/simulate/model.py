@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from credgui.errors import InputError
+from credgui.metrics.resample import resample_fourier
 
 MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdbqt")
 """File name endings read as atomic models (each also with ``.gz``)."""
@@ -277,6 +278,7 @@ def model_to_map(
     *,
     blur: float = 0.0,
     shift_angst: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    rotation: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ModelInfo]:
     """Potential map of the model in a ``box``^3 grid at ``pixel_size`` A, MRC order (z, y, x),
     float32, centre of mass of the atoms at voxel (N//2, N//2, N//2).
@@ -284,7 +286,8 @@ def model_to_map(
     Computed by gemmi at a pixel size <= ``FINE_PIXEL`` (an integer fraction of ``pixel_size``),
     then Fourier-cropped to ``box`` so the map is band-limited to Nyquist. ``blur`` is an extra
     B-factor (A^2) added to all atoms; ``shift_angst`` = (x, y, z) moves the model off centre by
-    that much after centring (the fit check includes it). Raises InputError (naming the file) for unreadable, empty
+    that much after centring (the fit check includes it); ``rotation`` (3x3) turns the atoms about
+    their centre of mass first (the denoiser's ground-truth library). Raises InputError (naming the file) for unreadable, empty
     or too large models and unknown elements.
     """
     import gemmi
@@ -299,11 +302,16 @@ def model_to_map(
     n_fine = box * over
     length = box * pixel_size
     com = (xyz * masses[:, None]).sum(0) / masses.sum()
-    shift = gemmi.Position(*(np.full(3, (box // 2) * pixel_size) - com + shift_vec))
+    centre = np.full(3, (box // 2) * pixel_size)
+    shift = gemmi.Position(*(centre - com + shift_vec))
+    rot = None if rotation is None else np.asarray(rotation, dtype=float)
     for ch in st[0]:
         for res in ch:
             for atom in res:
-                atom.pos = atom.pos + shift
+                if rot is None:
+                    atom.pos = atom.pos + shift
+                else:
+                    atom.pos = gemmi.Position(*(rot @ (np.array(atom.pos.tolist()) - com) + centre + shift_vec))
 
     dc = gemmi.DensityCalculatorE()
     dc.d_min = 0  # keep our grid size
@@ -319,25 +327,7 @@ def model_to_map(
         raise RuntimeError(f"gemmi resized the grid to {fine.shape}")
     fine = np.ascontiguousarray(fine.transpose(2, 1, 0), dtype=np.float64)  # -> [z, y, x]
     # fine voxel i sits at i * pixel_size / over; the box centre voxel N//2 is fine voxel over*(N//2)
-    vol = fourier_crop(fine, box) if over > 1 else fine
+    # origin at voxel 0 on both grids: fine voxel over*k is box voxel k (credgui.metrics.resample)
+    vol = resample_fourier(fine, box, centred=False) if over > 1 else fine
     return vol.astype(np.float32), info
 
-
-def fourier_crop(vol: np.ndarray, n: int) -> np.ndarray:
-    """Downsample a cubic volume to ``n``^3 by keeping its lowest frequencies (same physical box).
-
-    Voxel 0 stays voxel 0; values are scaled so densities keep their magnitude (mean preserved).
-    """
-    m = vol.shape[0]
-    if n == m:
-        return vol.copy()
-    f = np.fft.rfftn(vol)
-    h = n // 2
-    idx = np.r_[0:h, m - h : m] if n % 2 == 0 else np.r_[0 : h + 1, m - h : m]
-    out = f[np.ix_(idx, idx, np.arange(n // 2 + 1))]
-    if n % 2 == 0:
-        # the Nyquist planes of the small grid: drop them (they would need symmetrising)
-        out[h, :, :] = 0
-        out[:, h, :] = 0
-        out[:, :, h] = 0
-    return np.fft.irfftn(out, s=(n, n, n), axes=(0, 1, 2)) * (n**3 / m**3)

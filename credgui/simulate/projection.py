@@ -113,22 +113,6 @@ def ctf_rfft(
     return ctf
 
 
-def ctf_zero_frequencies(defocus: float, n: int, *, voltage_kv=300.0, cs_mm=2.7,
-                         amplitude_contrast=0.1) -> np.ndarray:
-    """Spatial frequencies (1/A) of the first ``n`` CTF zeros for an unastigmatic defocus (A)."""
-    lam = electron_wavelength(voltage_kv)
-    cs = cs_mm * 1e7
-    k3 = np.arctan(amplitude_contrast / np.sqrt(1 - amplitude_contrast**2))
-    out = []
-    # chi(k) = pi lam dF k^2 - pi/2 Cs lam^3 k^4 + k3 = m pi  (m = 1, 2, ...), solve for k^2
-    for m in range(1, n + 1):
-        a, b, c = -np.pi / 2 * cs * lam**3, np.pi * lam * defocus, k3 - m * np.pi
-        disc = b * b - 4 * a * c
-        k2 = (-b + np.sqrt(disc)) / (2 * a)  # the smaller positive root
-        out.append(np.sqrt(k2))
-    return np.array(out)
-
-
 # --- projector ------------------------------------------------------------------------------------
 
 

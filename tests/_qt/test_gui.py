@@ -389,20 +389,3 @@ def test_launch_panel_fills_in_and_shows_the_command(make_napari_viewer, relion_
     launch.run_btn.click()
     assert "lambda_high_res" in launch.banner.text() and "\n" not in launch.banner.text()
     _close(viewer)
-
-
-def test_science_core_and_cli_import_no_qt():
-    """The hook, the CLI and the job-control core run on cluster nodes without a display."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, credgui, credgui.cli, credgui.config, credgui.jobs.watch, credgui.jobs.launch, "
-        "credgui.relion.jobdir, credgui.metrics.fsc, credgui.commands.gui; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari', 'pyqtgraph', 'vispy')); "
-        "print(','.join(bad))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"Qt/napari imported by the core: {out.stdout}"

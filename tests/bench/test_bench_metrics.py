@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from credgui.bench.metrics import angle_summary, angular_errors, overestimation, overestimation_from_maps
+from credgui.bench.metrics import overestimation, overestimation_from_maps
+from credgui.metrics.angles import angle_summary, angular_errors
 from credgui.metrics.angles import angular_error
 from credgui.metrics.fsc import fsc
 from credgui.metrics.masks import soft_sphere_mask

@@ -14,10 +14,10 @@ from credgui.denoise.train import (
     coloured_noise,
     load_checkpoint,
     rotate_cube,
-    soft_mask_from_map,
     train,
 )
 from credgui.denoise.unet import load_unet_denoiser
+from credgui.metrics.masks import soft_mask_sigma
 
 
 @pytest.fixture(autouse=True)
@@ -72,10 +72,10 @@ def test_coloured_noise_follows_its_profile():
     profile = np.linspace(1.0, 0.1, box // 2 + 1)
     noise = coloured_noise(np.random.default_rng(0), box, profile)
     assert noise.std() == pytest.approx(1.0, rel=1e-5)
-    from credgui.denoise.train import _shell_index
+    from credgui.metrics.fsc import shell_index
 
     power = np.abs(np.fft.rfftn(noise, axes=(0, 1, 2))) ** 2
-    shells = _shell_index(box)
+    shells = np.minimum(shell_index((box,) * 3), box // 2)
     amp = np.sqrt(np.bincount(shells.ravel(), power.ravel()) / np.bincount(shells.ravel()))
     ratio = (amp / profile)[2:]  # low shells have few voxels
     assert ratio.std() / ratio.mean() < 0.1
@@ -85,7 +85,7 @@ def test_coloured_noise_follows_its_profile():
 def test_pairs_damp_noise_in_the_solvent():
     gt = np.zeros((32, 32, 32), np.float32)
     gt[12:20, 12:20, 12:20] = 1.0
-    mask = soft_mask_from_map(gt)
+    mask = soft_mask_sigma(gt)
     assert mask[16, 16, 16] == pytest.approx(1.0) and mask[0, 0, 0] == 0.0
     cfg = _tiny(box=32, solvent_damping=0.2, noise_std=(1.0, 1.0))
     data = GaussianPairs([gt], cfg)

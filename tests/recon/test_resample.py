@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from credgui.recon.resample import resample_fourier, resampled_box
+from credgui.metrics.resample import resample_fourier, resampled_box
 
 
 def _gaussian(box: int, sigma: float, shift: tuple[float, float, float] = (0, 0, 0)) -> np.ndarray:

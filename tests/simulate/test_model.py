@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from credgui.errors import InputError
 from credgui.simulate.model import (
     DEFAULT_B,
     model_info,

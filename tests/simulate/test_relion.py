@@ -11,7 +11,7 @@ import pytest
 from credgui.relion.mrc import read_mrc
 from credgui.relion.star import format_star, read_star, write_star_atomic
 from credgui.simulate import simulate_dataset
-from credgui.simulate.dataset import lowpass
+from credgui.metrics.filters import lowpass
 
 pytestmark = [
     pytest.mark.relion,

@@ -1,4 +1,5 @@
-"""Fourier-space resampling of real-space maps to another voxel size (same physical box).
+"""Fourier-space resampling of real-space maps to another voxel size (same physical box): the
+one Fourier crop/pad of credgui (the hook's denoiser grid, the simulator's fine-to-box step).
 
 Why Fourier: a denoiser has a native voxel size; cropping (coarser) or zero-padding (finer)
 the spectrum changes the sampling without interpolation blur, and the round trip down and up
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from credgui.recon import _fft
+from credgui.metrics import fft as _fft
 
 
 def resampled_box(box: int, pixel_size: float, voxel_size: float) -> int:
@@ -19,8 +20,11 @@ def resampled_box(box: int, pixel_size: float, voxel_size: float) -> int:
     return max(2, 2 * round(box * pixel_size / voxel_size / 2.0))
 
 
-def resample_fourier(vol: np.ndarray, new_box: int) -> np.ndarray:
+def resample_fourier(vol: np.ndarray, new_box: int, *, centred: bool = True) -> np.ndarray:
     """(N, N, N) real map (centred, origin at N//2) -> (M, M, M) float32 over the same physical box.
+
+    ``centred`` False: the origin is voxel 0 on both grids (gemmi's density grid in
+    ``simulate.model``): fine voxel ``k * N/M`` lands on voxel ``k`` for any box parity.
 
     The spectrum is cropped or zero-padded about the origin; the Nyquist planes of the smaller
     grid are dropped (they have no symmetric partner). Voxel values keep their scale (the map
@@ -33,11 +37,12 @@ def resample_fourier(vol: np.ndarray, new_box: int) -> np.ndarray:
         return np.asarray(vol, dtype=np.float32).copy()
     small = min(n, new_box)
     h = small // 2 - 1 if small % 2 == 0 else small // 2  # keep |k| <= h on every axis
-    shifted = np.fft.ifftshift(np.asarray(vol, dtype=np.float32))
+    real = np.asarray(vol, dtype=np.float32)
+    shifted = np.fft.ifftshift(real) if centred else real
     f = _fft.rfftn(shifted)
     zf = np.r_[0 : h + 1, n - h : n]
     zt = np.r_[0 : h + 1, new_box - h : new_box]
     g = np.zeros((new_box, new_box, new_box // 2 + 1), dtype=np.complex64)
     g[np.ix_(zt, zt, np.arange(h + 1))] = f[np.ix_(zf, zf, np.arange(h + 1))]
     out = _fft.irfftn(g, new_box) * (float(new_box) / n) ** 3
-    return np.fft.fftshift(out).astype(np.float32)
+    return (np.fft.fftshift(out) if centred else out).astype(np.float32)

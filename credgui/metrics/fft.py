@@ -1,5 +1,8 @@
 """FFT helpers for the hook's hot path, pruned where only a window is needed.
 
+Here in ``credgui.metrics`` (the floor under ``credgui.recon``) because the one Fourier
+crop/pad (``credgui.metrics.resample``) and the hook's reconstruction share this backend.
+
 Backend by size: numpy.fft up to ~300^3, scipy.fft (threaded) beyond. Why: importing
 scipy.fft pulls in scipy.special (0.2-0.4 s per hook call, as much as RELION's whole
 reconstruction at box 64), and with numpy's forward transforms routed through its fast
