@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from credgui.errors import InputError
+from credgui.progress import Progress
 
 FORMAT_VERSION = 1
 
@@ -168,22 +169,6 @@ class Manifest:
         return cls.from_json(text, directory=directory, path=path)
 
 
-@dataclass(frozen=True)
-class Progress:
-    """One step of a simulation: ``stage`` in map, project, noise, write, done."""
-
-    stage: str
-    done: int
-    total: int
-    message: str = ""
-    manifest: Manifest | None = None
-    """set on the final ``done`` step"""
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
-
-
 # --- helpers ----------------------------------------------------------------------------------------
 
 
@@ -252,7 +237,7 @@ DATASET_FILES = frozenset({"particles.star", "particles.mrcs", "true_poses.star"
 """What a data set folder holds: ``--force`` replaces a folder only when it holds nothing else."""
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
+def check_out_dir(out_dir: Path, force: bool) -> None:
     """InputError unless ``out_dir`` may become (or be replaced by) a data set: missing, empty,
     or, with ``force``, an earlier data set and nothing else (never the current directory or
     one that holds it: it is replaced by a rename)."""
@@ -309,7 +294,7 @@ def iter_simulate_dataset(
     force: bool = False,
 ) -> Iterator[Progress]:
     """Simulate a data set into ``out_dir``, yielding :class:`Progress`; returns the Manifest
-    (``StopIteration.value``; also on the last Progress).
+    (``StopIteration.value``; also the last Progress's ``result``).
 
     The data set is built in a temporary directory beside ``out_dir`` and renamed into place at
     the end; on an error or when the generator is closed early nothing is left behind. An existing
@@ -347,15 +332,15 @@ def iter_simulate_dataset(
         raise InputError(model, f"seed {seed!r} must be a non-negative integer")
     if not model.is_file():
         raise InputError(model, "atomic model file not found")
-    _check_out_dir(out_dir, force)
+    check_out_dir(out_dir, force)
     box, n = int(box), int(n_particles)
     pixel_size, snr = float(pixel_size), float(snr)
     defocus_um = (float(defocus_um[0]), float(defocus_um[1]))
 
     # 1. ground truth (unscaled)
-    yield Progress("map", 0, 1, f"potential map of {model.name}")
+    yield Progress("simulate", "map", 0, 1, f"potential map of {model.name}")
     vol, info = model_to_map(model, box, pixel_size)
-    yield Progress("map", 1, 1, f"{info.n_atoms} atoms, {info.mass_kda:.1f} kDa")
+    yield Progress("simulate", "map", 1, 1, f"{info.n_atoms} atoms, {info.mass_kda:.1f} kDa")
 
     # 2. poses and CTFs, rounded to what the STAR files hold
     rng_pose, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
@@ -387,7 +372,7 @@ def iter_simulate_dataset(
                 img = projector.project(mats[sl], off_px[sl], ctf)
                 var_sum += float(img.var(axis=(1, 2)).sum())
                 stack[sl] = img
-                yield Progress("project", sl.stop, n, "noiseless projections with CTF")
+                yield Progress("simulate", "project", sl.stop, n, "noiseless projections with CTF")
             signal_var = var_sum / n
             if not signal_var > 0:
                 raise InputError(model, "the projections are empty (no density in the box?)")
@@ -402,14 +387,14 @@ def iter_simulate_dataset(
                 noise_sum += float(noise.sum())
                 noise_sq += float((noise * noise).sum())
                 stack[sl] = (sig + noise).astype(np.float32)
-                yield Progress("noise", sl.stop, n, f"scaled to SNR {snr:g}, noise added")
+                yield Progress("simulate", "noise", sl.stop, n, f"scaled to SNR {snr:g}, noise added")
             count = n * box * box
             noise_var = noise_sq / count - (noise_sum / count) ** 2
             snr_measured = (sig_sum / n) / noise_var
             mrc.update_header_stats()
 
         # 5. maps and metadata
-        yield Progress("write", 0, 1, "maps and STAR files")
+        yield Progress("simulate", "write", 0, 1, "maps and STAR files")
         truth = (vol.astype(np.float64) * scale).astype(np.float32)
         write_mrc_atomic(tmp / "ground_truth.mrc", truth, pixel_size)
         write_mrc_atomic(tmp / "initial_model.mrc", lowpass(truth, pixel_size, INITIAL_LOWPASS), pixel_size)
@@ -442,7 +427,7 @@ def iter_simulate_dataset(
         }
         write_star_atomic(
             tmp / "particles.star",
-            _relion31(format_star({"optics": optics, "particles": particles}, loops={"optics", "particles"})),
+            format_star({"optics": optics, "particles": particles}, loops={"optics", "particles"}, version=True),
         )
         poses = {
             "rlnImageName": names,
@@ -452,7 +437,7 @@ def iter_simulate_dataset(
             "rlnOriginXAngst": _f6(off_a[:, 0]),
             "rlnOriginYAngst": _f6(off_a[:, 1]),
         }
-        write_star_atomic(tmp / "true_poses.star", _relion31(format_star({"particles": poses}, loops={"particles"})))
+        write_star_atomic(tmp / "true_poses.star", format_star({"particles": poses}, loops={"particles"}, version=True))
 
         manifest = Manifest(
             model=str(model.resolve()),
@@ -485,19 +470,14 @@ def iter_simulate_dataset(
             versions=_versions(),
         )
         (tmp / "manifest.json").write_text(manifest.to_json())
-        yield Progress("write", 1, 1, "maps, STAR files and manifest written")
+        yield Progress("simulate", "write", 1, 1, "maps, STAR files and manifest written")
         _replace_dir(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = dataclasses.replace(manifest, directory=out_dir)
-    yield Progress("done", 1, 1, f"wrote {out_dir}", manifest=manifest)
+    yield Progress("simulate", "done", 1, 1, f"wrote {out_dir}", result=manifest)
     return manifest
-
-
-def _relion31(text: str) -> str:
-    """Mark each data block as RELION 3.1 STAR (``# version 30001``)."""
-    return text.replace("\ndata_", "\n# version 30001\n\ndata_")
 
 
 def _make_parent(out_dir: Path) -> Path:
@@ -510,7 +490,7 @@ def _replace_dir(tmp: Path, out_dir: Path, force: bool) -> None:
     """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` (checked before) is moved aside first."""
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
     if out_dir.exists():
-        _check_out_dir(out_dir, force)  # again: it may have changed while we simulated
+        check_out_dir(out_dir, force)  # again: it may have changed while we simulated
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.rename(out_dir, old)
         try:
