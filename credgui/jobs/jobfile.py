@@ -112,21 +112,9 @@ class JobRecord:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object written to ``credgui_job.json``."""
+        """The JSON object written to ``credgui_job.json`` (unknown fields kept as read)."""
         out: dict[str, Any] = dict(self.extra)
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if f.name == "workers":
-                value = [list(w) for w in value]
-            elif f.name == "history":
-                value = [dict(h) for h in value]
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            out[f.name] = value
+        out.update({f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"})
         return out
 
     @classmethod
@@ -167,6 +155,15 @@ class JobRecord:
             kwargs["workers"] = tuple((str(s), str(d)) for s, d in kwargs["workers"])
         extra = {k: v for k, v in data.items() if k not in known and k != "extra"}
         return cls(**kwargs, extra=extra)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and mappings as JSON's lists and objects, all the way down."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 _NUM = (int, float)
