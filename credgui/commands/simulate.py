@@ -109,7 +109,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
     failed = 0
-    for k, (job, m, err) in enumerate(iter_simulate_batch(jobs, n_jobs=args.jobs, **common), start=1):
+    for p in iter_simulate_batch(jobs, n_jobs=args.jobs, **common):
+        k, (job, m, err) = p.done, p.result
         if err is not None:
             failed += 1
             print(f"[{k}/{len(jobs)}] skipped: {err}", file=sys.stderr)

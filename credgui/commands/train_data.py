@@ -253,7 +253,7 @@ def _relion(args: argparse.Namespace) -> int:
     if args.run:
         if not args.jobs_dir:
             raise InputError(Path(args.out), "--run needs --jobs-dir")
-        for run in run_refinements(
+        for p in run_refinements(
             args.run,
             args.snr,
             args.jobs_dir,
@@ -262,10 +262,8 @@ def _relion(args: argparse.Namespace) -> int:
             n_particles=args.particles,
             auto_iter_max=args.iter_max,
         ):
-            print(
-                f"{run.job_dir}: {run.status} ({run.seconds:.0f} s){' ' + run.error if run.error else ''}",
-                flush=True,
-            )
+            print(f"{p.item}: {p.message}", flush=True)
+            run = p.result
             if run.status == "finished":
                 jobs.append(Path(run.job_dir))
     if not jobs:

@@ -36,27 +36,7 @@ from credgui.denoise.intermediates import (
     save_intermediates,
 )
 from credgui.errors import InputError
-
-__all__ = [
-    "Intermediate",
-    "IntermediatePairs",
-    "IntermediateSet",
-    "RefineRun",
-    "SET_FORMAT",
-    "SET_FORMAT_1",
-    "UNREG_RE",
-    "fit_scale",
-    "fit_training_box",
-    "fsc_resolution",
-    "iter_harvest",
-    "job_ground_truth",
-    "load_intermediates",
-    "model_pixel_size",
-    "network_pair",
-    "read_fsc",
-    "run_refinements",
-    "save_intermediates",
-]
+from credgui.progress import Progress
 
 UNREG_RE = re.compile(r"^run_it(\d{3})_half([12])_class(\d{3})_credgui_unreg\.mrc$")
 
@@ -256,10 +236,11 @@ def run_refinements(
     mpi_procs: int = 3,
     seed: int = 0,
     timeout_s: float = 7200.0,
-) -> Iterator[RefineRun]:
+) -> Iterator[Progress]:
     """Simulate a data set per (model, SNR) and run a real RELION auto-refine on it with
-    credgui's hook (denoiser none, so x~ is RELION's own), one after the other; yields each
-    finished run. Expensive: minutes per run at box 64 and a few hundred particles.
+    credgui's hook (denoiser none, so x~ is RELION's own), one after the other; yields a
+    ``Progress`` (task "refine", ``item`` the job directory, ``result`` the ``RefineRun``) as
+    each run ends. Expensive: minutes per run at box 64 and a few hundred particles.
     Runs whose job directory already holds RELION_JOB_EXIT_SUCCESS are not redone.
     """
     import time
@@ -270,6 +251,13 @@ def run_refinements(
     from credgui.simulate.model import model_stem
 
     out = Path(out_dir)
+    total = len(models) * len(snrs)
+
+    def ended(run: RefineRun) -> Progress:
+        why = f" {run.error}" if run.error else ""
+        return Progress("refine", "run", k, total, f"{run.status} ({run.seconds:.0f} s){why}", item=run.job_dir,
+                        result=run)
+
     k = 0
     for model in models:
         for snr in snrs:
@@ -278,7 +266,7 @@ def run_refinements(
             data = out / name / "data"
             job = out / name / "Refine3D" / "job001"
             if (job / "RELION_JOB_EXIT_SUCCESS").exists():
-                yield RefineRun(str(model), snr, str(job), "finished", None, 0.0)
+                yield ended(RefineRun(str(model), snr, str(job), "finished", None, 0.0))
                 continue
             t0 = time.monotonic()
             manifest = simulate_dataset(
@@ -324,12 +312,13 @@ def run_refinements(
             except TimeoutError:
                 handle.stop()
                 status, error = "timeout", f"not finished after {timeout_s:.0f} s"
-            yield RefineRun(
-                str(model), snr, str(job), status, error, time.monotonic() - t0
-            )
+            yield ended(RefineRun(str(model), snr, str(job), status, error, time.monotonic() - t0))
 
 
 __all__ = [
+    "SET_FORMAT",
+    "SET_FORMAT_1",
+    "Intermediate",
     "IntermediatePairs",
     "IntermediateSet",
     "RefineRun",

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from credgui.errors import InputError
-from credgui.jobs import _proc
 from credgui.jobs.adopt import adopt_record
 from credgui.jobs.command import HOOK_ENV, RELION_REFINE_MPI, hook_env
 from credgui.jobs.handle import JobHandle
@@ -27,7 +26,7 @@ from credgui.jobs.jobfile import (
     rel_path,
     write_job_file,
 )
-from credgui.jobs.local import start_local
+from credgui.jobs.local import launcher_fields, start_local
 from credgui.jobs.mpi import mpirun_prefix
 from credgui.jobs.params import refuse_blush
 from credgui.jobs.queue import render_submit_script, submit_script
@@ -160,9 +159,7 @@ def continue_job(
         return JobHandle(job, kind, job_id, tuple(command))
     command = mpirun_prefix(mpi) + relion_cmd
     proc = start_local(job, command, env_extra)
-    write_job_file(job, dataclasses.replace(
-        record, command=tuple(command), pid=proc.pid, pgid=proc.pid, sid=proc.pid,
-        proc_start=_proc.proc_start_time(proc.pid), job_id=str(proc.pid)))
+    write_job_file(job, dataclasses.replace(record, command=tuple(command), **launcher_fields(proc)))
     return JobHandle(job, "local", str(proc.pid), tuple(command), proc.pid, proc.pid, proc)
 
 

@@ -28,7 +28,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from credgui.jobs import _proc
 from credgui.jobs.command import (
     HOOK_ENV,
     HOOK_NAME,
@@ -55,7 +54,7 @@ from credgui.jobs.jobfile import (
     read_job_file,
     write_job_file,
 )
-from credgui.jobs.local import start_local
+from credgui.jobs.local import launcher_fields, start_local
 from credgui.jobs.mpi import local_command, mpirun_prefix
 from credgui.jobs.params import RefineParams, job_workers, prepare_job_dir, refuse_blush, validate_params
 from credgui.jobs.queue import default_template, queue_name, render_submit_script, submit_script, write_submit_script
@@ -119,9 +118,7 @@ def launch_local(params: RefineParams, *, hook: str | None = None) -> JobHandle:
         relion_command=tuple(relion_command(params)), pipeline=pipe, workers=tuple(workers),
     )
     proc = start_local(job, command, env_extra)
-    write_job_file(job, dataclasses.replace(
-        record, pid=proc.pid, pgid=proc.pid, sid=proc.pid, proc_start=_proc.proc_start_time(proc.pid),
-        job_id=str(proc.pid)))
+    write_job_file(job, dataclasses.replace(record, **launcher_fields(proc)))
     return JobHandle(job, "local", str(proc.pid), tuple(command), proc.pid, proc.pid, proc)
 
 

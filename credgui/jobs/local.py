@@ -8,18 +8,20 @@ import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from credgui.jobs import _proc
 from credgui.jobs.jobfile import EXIT_FILE, project_dir_of
 from credgui.jobs.workers import WORKERS_START, WORKERS_STOP
 
-__all__ = ["WRAPPER", "start_local"]
+__all__ = ["WRAPPER", "launcher_fields", "start_local"]
 
 
 WRAPPER = (WORKERS_START + '; "$@"; rc=$?; ' + WORKERS_STOP + '; '
-            'printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; '
-            # a job in RELION's pipeline: let RELION record its end (status, output nodes)
-            'if [ -n "$CREDGUI_PIPELINER" ]; then $CREDGUI_PIPELINER --check_job_completion >/dev/null 2>&1; fi; '
-            'exit "$rc"')
+           'printf "%s\\n" "$rc" > "$CREDGUI_EXIT_FILE.tmp" && mv -f "$CREDGUI_EXIT_FILE.tmp" "$CREDGUI_EXIT_FILE"; '
+           # a job in RELION's pipeline: let RELION record its end (status, output nodes)
+           'if [ -n "$CREDGUI_PIPELINER" ]; then $CREDGUI_PIPELINER --check_job_completion >/dev/null 2>&1; fi; '
+           'exit "$rc"')
 
 
 def start_local(job_dir: Path, command: list[str], env_extra: Mapping[str, str]) -> subprocess.Popen:
@@ -40,3 +42,10 @@ def start_local(job_dir: Path, command: list[str], env_extra: Mapping[str, str])
             stderr=err,
             start_new_session=True,  # its own process group: stop_job kills all of it
         )
+
+
+def launcher_fields(proc: subprocess.Popen) -> dict[str, Any]:
+    """The job record's fields for a launcher ``start_local`` started: it leads its own session
+    and process group; ``proc_start`` tells it from a later process with the same pid."""
+    return dict(pid=proc.pid, pgid=proc.pid, sid=proc.pid, proc_start=_proc.proc_start_time(proc.pid),
+                job_id=str(proc.pid))

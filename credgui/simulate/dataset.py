@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from credgui.errors import InputError
-from credgui.progress import Progress
+from credgui.progress import Progress, eta_s
 
 FORMAT_VERSION = 1
 
@@ -574,16 +575,27 @@ def _run_job(job: Job, kwargs: dict) -> tuple[Job, Manifest | None, str | None]:
         return job, None, str(exc)
 
 
-def iter_simulate_batch(jobs: Sequence[Job], *, n_jobs: int = 1, **kwargs) -> Iterator[tuple[Job, Manifest | None, str | None]]:
-    """Run jobs (``n_jobs`` processes in parallel), yielding ``(job, manifest or None, error or None)``
-    as each finishes. An InputError in one job (a bad model) does not stop the others."""
+def iter_simulate_batch(jobs: Sequence[Job], *, n_jobs: int = 1, **kwargs) -> Iterator[Progress]:
+    """Run jobs (``n_jobs`` processes in parallel), yielding a ``Progress`` (stage "dataset",
+    ``item`` the output directory, ``result`` ``(job, manifest or None, error or None)``) as each
+    finishes. An InputError in one job (a bad model) does not stop the others."""
+    t0 = time.monotonic()
+
+    def step(k: int, outcome: tuple[Job, Manifest | None, str | None]) -> Progress:
+        job, manifest, error = outcome
+        message = f"skipped: {error}" if error is not None else (
+            f"SNR {manifest.snr_measured:.4g}, {manifest.seconds:.1f} s" if manifest is not None else "")
+        elapsed = time.monotonic() - t0
+        return Progress("simulate", "dataset", k, len(jobs), message, item=str(job.out_dir), elapsed_s=elapsed,
+                        eta_s=eta_s(k, len(jobs), elapsed), result=outcome)
+
     if n_jobs <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield _run_job(job, kwargs)
+        for k, job in enumerate(jobs, start=1):
+            yield step(k, _run_job(job, kwargs))
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=n_jobs) as pool:
         futures = [pool.submit(_run_job, job, kwargs) for job in jobs]
-        for fut in as_completed(futures):
-            yield fut.result()
+        for k, fut in enumerate(as_completed(futures), start=1):
+            yield step(k, fut.result())
