@@ -178,7 +178,7 @@ def bench_training(steps: int, threads: int) -> dict:
     data = GaussianPairs([gt], cfg)
     with tempfile.TemporaryDirectory(prefix="credgui-bench-") as tmp:
         t_data = _median_time(lambda: data.batch(0, 0, 2), 2)
-        times = [p.seconds for p in train(cfg, data, tmp)][1:]
+        times = [p.result.seconds for p in train(cfg, data, tmp)][1:]
     result = {
         "box": 64,
         "batch_size": 2,
@@ -226,11 +226,10 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"denoiser_speed-{platform.node()}-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    latest = out_dir / "denoiser_speed.json"
-    tmp = latest.with_name(f".{latest.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, latest)
+    from credgui._io import write_json_atomic
+
+    write_json_atomic(path, report, indent=2, allow_nan=True)
+    write_json_atomic(out_dir / "denoiser_speed.json", report, indent=2, allow_nan=True)
     print(json.dumps(report, indent=2))
     print(f"written: {path}")
     return 0

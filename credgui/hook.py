@@ -46,6 +46,7 @@ from credgui.recon.update import (
     padded_fourier_from_map,
     unregularised_fourier,
 )
+from credgui.relion.layout import HOOK_LOG
 from credgui.relion.mrc import write_mrc_atomic
 from credgui.relion.protocol import (
     ExternalReconstructCall,
@@ -56,7 +57,7 @@ from credgui.relion.protocol import (
     read_call,
 )
 
-JSONL_NAME = "credgui_hook.jsonl"
+JSONL_NAME = HOOK_LOG  # the one name: credgui.relion.layout
 CONFIG_RETRY_S = 2.0  # an editor saving credgui.toml non-atomically: re-read before failing
 
 

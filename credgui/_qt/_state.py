@@ -7,13 +7,14 @@ no maths: only attribute access and path bookkeeping.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from credgui.relion.layout import HOOK_LOG
 
 # Map kinds shown in the maps panel, in grid order: (key, layer label).
 MAP_KINDS: tuple[tuple[str, str], ...] = (
@@ -94,7 +95,7 @@ def expected_kinds(job_dir: Path | None) -> set[str]:
     job_dir = Path(job_dir)
     kinds: set[str] = set()
     toml = job_dir / "credgui.toml"
-    if toml.is_file() or (job_dir / "credgui_hook.jsonl").is_file():
+    if toml.is_file() or (job_dir / HOOK_LOG).is_file():
         kinds |= {"half1_unreg", "half2_unreg"}
     if toml.is_file():
         try:
@@ -256,15 +257,6 @@ def state_key(state: Any) -> tuple:
         state_error(state),
         state_log_tail(state)[-2000:],
     )
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = round(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def iteration_durations(iterations: Sequence[Any]) -> list[float | None]:

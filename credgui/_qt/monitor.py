@@ -45,6 +45,7 @@ from credgui._qt.maps import (
     surface,
 )
 from credgui._qt.session import JobContext, _quiet, session_for
+from credgui.progress import format_duration
 
 ERROR_STYLE = "QLabel { background: #8b1a1a; color: white; padding: 6px; border-radius: 3px; }"
 INFO_STYLE = "QLabel { color: palette(text); padding: 2px; }"
@@ -247,7 +248,7 @@ class MonitorWidget(QWidget):
             samp = _state.iteration_sampling(last)
             self.fields["sampling"].setText(f"{samp:.2f}°" if samp else "-")
             durations = [d for d in _state.iteration_durations(its) if d]
-            self.fields["per_iter"].setText(_state.format_duration(durations[-1]) if durations else "-")
+            self.fields["per_iter"].setText(format_duration(durations[-1]) if durations else "-")
             lam = _state.mean_lambda(last)
             recs = _state.hook_records(last)
             self.fields["lambda"].setText("-" if lam is None else f"{lam:.3f}, " + driving_text(recs[-1] if recs else {}))
@@ -255,9 +256,9 @@ class MonitorWidget(QWidget):
                 "lambda follows the worse (coarser) of the 0.143 crossing of the FSC RELION hands the hook and "
                 "RELION's own current resolution; 0 at iteration 1 and on the final joined map"
             )
-        self.fields["elapsed"].setText(_state.format_duration(_state.state_elapsed(state)))
+        self.fields["elapsed"].setText(format_duration(_state.state_elapsed(state)))
         self.fields["remaining"].setText(
-            _state.format_duration(_state.state_remaining(state)) if status == "running" else "-"
+            format_duration(_state.state_remaining(state)) if status == "running" else "-"
         )
         tail = _state.state_log_tail(state)
         if tail != self.log.toPlainText():

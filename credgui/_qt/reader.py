@@ -29,9 +29,9 @@ def _one_path(path: Any) -> Path | None:
 
 
 def _is_job_dir(path: Path) -> bool:
-    from credgui.relion.jobdir import is_relion_job_dir
+    from credgui.relion.jobdir import JOB_FILE, is_relion_job_dir
 
-    return path.is_dir() and ((path / "credgui_job.json").is_file() or is_relion_job_dir(path))
+    return path.is_dir() and ((path / JOB_FILE).is_file() or is_relion_job_dir(path))
 
 
 def get_reader(path: Any) -> Callable[[Any], list] | None:

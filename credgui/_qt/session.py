@@ -114,16 +114,16 @@ def find_context(job_dir: Path, state: Any = None) -> JobContext:
     pixel_size = None
     record = None
     try:
-        from credgui.jobs.launch import read_job_file
+        from credgui.jobs.jobfile import read_job_file
 
         record = read_job_file(job_dir)
     except Exception:  # noqa: BLE001 (no or unreadable credgui_job.json: RELION's files decide)
         record = None
     if record:
-        params = record.get("params") or {}
+        params = record.params or {}
         particles = Path(params["particles_star"]) if params.get("particles_star") else None
-        gt = Path(record["ground_truth"]) if record.get("ground_truth") else None
-        mask = Path(record["mask"]) if record.get("mask") else None
+        gt = Path(record.ground_truth) if record.ground_truth else None
+        mask = Path(record.mask) if record.mask else None
         pixel_size = params.get("pixel_size")
     if state is not None:
         gt = gt or getattr(state, "ground_truth", None)

@@ -13,31 +13,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from credgui.bench.results import load_results, write_result
 from credgui.errors import InputError
 
 __all__ = ["load_results", "compare_relion_none", "markdown_table", "write_report", "COLORS"]
 
 COLORS = {"relion": "black", "none": "tab:gray", "red": "tab:purple", "cwred": "tab:red", "relion_ext": "tab:green"}
-VARIANT_ORDER = ("relion", "none", "red", "cwred", "relion_ext")
 REPORT_DIR = "report"
-
-
-def load_results(out_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """(valid run records sorted by structure, SNR, variant; one-line problems for bad files)."""
-    from credgui.bench.runner import RESULTS, read_result
-
-    d = Path(out_dir) / RESULTS
-    if not d.is_dir():
-        raise InputError(Path(out_dir), "no results/ folder: not a credgui benchmark directory (or nothing ran yet)")
-    records, problems = [], []
-    for p in sorted(d.glob("*.json")):
-        try:
-            records.append(read_result(p))
-        except InputError as exc:
-            problems.append(str(exc))
-    order = {v: i for i, v in enumerate(VARIANT_ORDER)}
-    records.sort(key=lambda r: (r["structure"], -float(r["snr"]), order.get(r["variant"], 9)))
-    return records, problems
 
 
 def compare_relion_none(out_dir: str | Path, dataset: str, rec_relion: dict, rec_none: dict) -> dict[str, Any]:
@@ -217,8 +199,6 @@ def _save(fig, path: Path) -> None:
 def write_report(out_dir: str | Path, *, figures: bool = True) -> dict[str, Any]:
     """Write OUT/report/{results.md, comparisons.json, fig4_fsc.png, fig5_angles.png}; returns
     {"markdown": path, "figures": [paths], "problems": [lines], "comparisons": [...]}."""
-    from credgui.bench.runner import write_json_atomic
-
     out = Path(out_dir)
     records, problems = load_results(out)
     rep = out / REPORT_DIR
@@ -234,7 +214,7 @@ def write_report(out_dir: str | Path, *, figures: bool = True) -> dict[str, Any]
                 cmps.append(compare_relion_none(out, f"{s}_snr{snr:g}", r, b))
             except InputError as exc:
                 problems.append(str(exc))
-    write_json_atomic(rep / "comparisons.json", {"relion_vs_none": cmps})
+    write_result(rep / "comparisons.json", {"relion_vs_none": cmps})
     denoisers = sorted({(r["variant"], (r.get("hook_config") or {}).get("denoiser")) for r in records if r["variant"] in ("red", "cwred")})
     md = ["# credgui benchmark results", "", f"Directory: `{out}`", ""]
     if denoisers:

@@ -25,72 +25,30 @@ import os
 import platform
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from credgui.bench.plan import Plan, RunSpec, as_dict, choose_denoiser, refine_kwargs
+from credgui.bench.results import FORMAT, RESULTS, read_result, result_path, write_result
 from credgui.errors import InputError
+from credgui.progress import Progress, format_duration
 
-__all__ = ["Event", "RESULTS", "iter_benchmark", "read_result", "result_path", "write_json_atomic"]
+__all__ = ["FORMAT", "RESULTS", "check_out_dir", "iter_benchmark", "read_result", "result_path"]
 
-RESULTS = "results"
 PLAN_COPY = "plan.toml"
 LOCK = "benchmark.lock"
-FORMAT = "credgui-benchmark-run/1"
 DATA_FILES = ("particles.star", "particles.mrcs", "initial_model.mrc")
 
 
-@dataclass(frozen=True)
-class Event:
-    """One progress line. ``kind``: plan, data, skip, start, iteration, done, failed, invalid,
-    compare, end. ``run_id`` None for plan-wide events."""
-
-    kind: str
-    message: str
-    run_id: str | None = None
-    index: int = 0
-    total: int = 0
-    record: dict[str, Any] | None = None
-
-    def line(self) -> str:
-        where = f"[{self.index}/{self.total}] {self.run_id}: " if self.run_id else ""
-        return f"{where}{self.message}"
+def _event(kind: str, message: str, run_id: str | None = None, index: int = 0, total: int = 0,
+           record: dict[str, Any] | None = None) -> Progress:
+    """One benchmark progress line: ``stage`` the kind (plan, data, skip, start, iteration, done,
+    failed, invalid, compare, end), ``item`` the run id (None for plan-wide lines), ``done`` /
+    ``total`` the run's place in the plan, ``result`` the run's record where there is one."""
+    return Progress("benchmark", kind, index, total, message, item=run_id, result=record)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """JSON via a temp file and a rename: a reader (report, resume) never sees half a file."""
-    from credgui._io import write_json_atomic as _write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write(path, data, sort_keys=True, allow_nan=True)
-
-
-def result_path(out_dir: Path, run: RunSpec) -> Path:
-    return Path(out_dir) / RESULTS / f"{run.run_id}.json"
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """A run's JSON; InputError (one line naming the file) when missing parts or not JSON."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "no result yet") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(path, f"not valid JSON ({' '.join(str(exc).split())[:120]})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(path, f"not a credgui benchmark run record (format {FORMAT} expected)")
-    missing = [k for k in ("run_id", "status", "settings_key", "variant", "structure", "snr") if k not in data]
-    if missing:
-        raise InputError(path, f"lacks {', '.join(missing)}")
-    if data["status"] == "finished":
-        for k in ("fsc_truth_05_angst", "fsc_truth_0143_angst", "reported_angst", "angular_error"):
-            if k not in data:
-                raise InputError(path, f"finished run lacks {k}")
-    return data
-
-
-def _check_out_dir(out: Path, plan: Plan) -> None:
+def check_out_dir(out: Path, plan: Plan) -> None:
     """OUT must be new, empty, or a benchmark made from the same plan text (never touch others' data)."""
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a directory")
@@ -160,7 +118,7 @@ def _move_aside(job: Path) -> Path | None:
     while (job.parent / f"{job.name}.prev-{n}").exists():
         n += 1
     dst = job.parent / f"{job.name}.prev-{n}"
-    os.replace(job, dst)
+    os.rename(job, dst)  # a directory move (an earlier attempt set aside), not a file write
     return dst
 
 
@@ -235,7 +193,7 @@ def _run_one(out: Path, plan: Plan, run: RunSpec, manifest, key: str, *, poll_s:
                 if (it.number, it.final) not in seen:
                     seen.add((it.number, it.final))
                     label = "final" if it.final else f"iteration {it.number}"
-                    emit("iteration", f"{label}: {_fmt(it.resolution)} ({time.monotonic() - t0:.0f} s)")
+                    emit("iteration", f"{label}: {_fmt(it.resolution)} ({format_duration(time.monotonic() - t0)})")
     except BaseException:
         handle.stop()  # Ctrl-C or an error here: leave no RELION running
         raise
@@ -265,8 +223,8 @@ def _run_one(out: Path, plan: Plan, run: RunSpec, manifest, key: str, *, poll_s:
 
 
 def iter_benchmark(plan: Plan, out_dir: str | Path, *, retry_failed: bool = True, poll_s: float = 2.0
-                   ) -> Generator[Event, None, dict[str, Any]]:
-    """Run (or resume) ``plan`` into ``out_dir``; yields Events; returns {run_id: record}.
+                   ) -> Generator[Progress, None, dict[str, Any]]:
+    """Run (or resume) ``plan`` into ``out_dir``; yields ``Progress`` (task "benchmark"); returns {run_id: record}.
 
     Finished runs (valid JSON, status finished, same settings) are skipped; failed ones are run
     again unless ``retry_failed`` is False. A second runner on the same directory is refused
@@ -275,7 +233,7 @@ def iter_benchmark(plan: Plan, out_dir: str | Path, *, retry_failed: bool = True
     out = Path(os.path.abspath(out_dir))
     if any(c.isspace() for c in str(out)):
         raise InputError(out, "RELION cannot run in a folder whose path holds spaces: choose another -o")
-    _check_out_dir(out, plan)
+    check_out_dir(out, plan)
     lock_fh = open(out / LOCK, "a+")
     try:
         fcntl.flock(lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -297,10 +255,10 @@ def _iter_locked(plan: Plan, out: Path, retry_failed: bool, poll_s: float):
     denoiser, weights, notice = choose_denoiser(plan.denoiser, plan.weights)
     runs = plan.runs(denoiser, weights)
     total = len(runs)
-    yield Event("plan", f"{plan.title}: {len(plan.structures)} structures x {len(plan.snrs)} SNRs x "
+    yield _event("plan", f"{plan.title}: {len(plan.structures)} structures x {len(plan.snrs)} SNRs x "
                         f"{len(plan.variants)} variants = {total} runs in {out} (denoiser for red/cwred: {denoiser})")
     if notice:
-        yield Event("plan", notice)
+        yield _event("plan", notice)
     results: dict[str, Any] = {}
     manifests: dict[str, Any] = {}
     for k, run in enumerate(runs, start=1):
@@ -310,27 +268,27 @@ def _iter_locked(plan: Plan, out: Path, retry_failed: bool, poll_s: float):
             try:
                 old = read_result(path)
             except InputError as exc:
-                yield Event("invalid", f"{exc}; running it again", run.run_id, k, total)
+                yield _event("invalid", f"{exc}; running it again", run.run_id, k, total)
                 old = None
             if old is not None:
                 if old["settings_key"] != key:
-                    yield Event("invalid", f"{path}: made with other settings; running it again", run.run_id, k, total)
+                    yield _event("invalid", f"{path}: made with other settings; running it again", run.run_id, k, total)
                 elif old["status"] == "finished" or not retry_failed:
                     results[run.run_id] = old
-                    yield Event("skip", f"done before ({old['status']}), skipped", run.run_id, k, total, old)
+                    yield _event("skip", f"done before ({old['status']}), skipped", run.run_id, k, total, old)
                     continue
                 else:
                     rec = _retry_metrics(out, run, old)
                     if rec is not None:  # RELION had finished; only the metrics failed (e.g. a fixed bug)
-                        write_json_atomic(path, rec)
+                        write_result(path, rec)
                         results[run.run_id] = rec
-                        yield Event("done" if rec["status"] == "finished" else "failed",
+                        yield _event("done" if rec["status"] == "finished" else "failed",
                                     f"metrics recomputed from the finished job: {rec['status']}"
                                     + (f" ({rec.get('error')})" if rec["status"] != "finished" else ""),
                                     run.run_id, k, total, rec)
                         yield from _compare_events(out, plan, run, results, k, total)
                         continue
-                    yield Event("invalid", f"failed before ({old.get('error')}); running it again", run.run_id, k, total)
+                    yield _event("invalid", f"failed before ({old.get('error')}); running it again", run.run_id, k, total)
         ds = run.dataset
         if ds.name not in manifests:
             t = time.monotonic()
@@ -339,36 +297,36 @@ def _iter_locked(plan: Plan, out: Path, retry_failed: bool, poll_s: float):
             except InputError as exc:
                 rec = {"format": FORMAT, "run_id": run.run_id, "structure": ds.structure.name, "snr": ds.snr,
                        "variant": run.variant, "settings_key": key, "status": "failed", "error": f"data: {exc}"}
-                write_json_atomic(path, rec)
+                write_result(path, rec)
                 results[run.run_id] = rec
-                yield Event("failed", f"failed: data: {exc}", run.run_id, k, total, rec)
+                yield _event("failed", f"failed: data: {exc}", run.run_id, k, total, rec)
                 continue
             m = manifests[ds.name]
-            yield Event("data", f"data set {ds.name}: {'reused' if reused else f'simulated in {time.monotonic() - t:.1f} s'} "
+            yield _event("data", f"data set {ds.name}: {'reused' if reused else f'simulated in {time.monotonic() - t:.1f} s'} "
                                 f"({m.n_particles} particles, box {m.box}, {m.mass_kda:.0f} kDa, SNR {m.snr_measured:.4g}, "
                                 f"seed {ds.seed})", run.run_id, k, total)
-        pending: list[Event] = []
+        pending: list[Progress] = []
 
         def emit(kind: str, message: str, _run=run, _k=k) -> None:
-            pending.append(Event(kind, message, _run.run_id, _k, total))
+            pending.append(_event(kind, message, _run.run_id, _k, total))
 
         gen = _run_one_gen(out, plan, run, manifests[ds.name], key, poll_s, emit, pending)
         rec = yield from gen
-        write_json_atomic(path, rec)
+        write_result(path, rec)
         results[run.run_id] = rec
         if rec["status"] == "finished":
             ae = rec["angular_error"]
-            yield Event("done", f"finished in {rec['wall_s'] / 60:.1f} min, {rec['iterations']} iterations: reported "
+            yield _event("done", f"finished in {format_duration(rec['wall_s'])}, {rec['iterations']} iterations: reported "
                                 f"{_fmt(rec['reported_angst'])}, vs truth {_fmt(rec['fsc_truth_05_angst'])} (0.5) "
                                 f"{_fmt(rec['fsc_truth_0143_angst'])} (0.143), overestimation "
                                 f"{rec['overestimation_shells']:+.1f} shells, angular error median "
                                 f"{ae['median_deg']:.2f} deg", run.run_id, k, total, rec)
         else:
-            yield Event("failed", f"failed: {rec.get('error')}", run.run_id, k, total, rec)
+            yield _event("failed", f"failed: {rec.get('error')}", run.run_id, k, total, rec)
         # relion vs none, as soon as both exist
         yield from _compare_events(out, plan, run, results, k, total)
     n_ok = sum(1 for r in results.values() if r.get("status") == "finished")
-    yield Event("end", f"{n_ok}/{total} runs finished; report: credgui benchmark report {out}")
+    yield _event("end", f"{n_ok}/{total} runs finished; report: credgui benchmark report {out}")
     return results
 
 
@@ -445,8 +403,9 @@ def _run_one_gen(out, plan, run, manifest, key, poll_s, emit, pending):
 def _stop_job(job: Path) -> None:
     """Stop a run whose runner is interrupted (Ctrl-C, generator closed)."""
     from credgui.jobs.control import stop_job
+    from credgui.jobs.jobfile import JOB_FILE
 
-    if (job / "credgui_job.json").is_file():
+    if (job / JOB_FILE).is_file():
         try:
             stop_job(job, timeout=15.0)
         except Exception:  # noqa: BLE001 - best effort while unwinding
@@ -466,7 +425,7 @@ def _compare_events(out: Path, plan: Plan, run: RunSpec, results: dict, k: int, 
     try:
         cmp = compare_relion_none(out, run.dataset.name, a, b)
     except InputError as exc:
-        yield Event("compare", f"relion vs none: {exc}", run.run_id, k, total)
+        yield _event("compare", f"relion vs none: {exc}", run.run_id, k, total)
         return
-    yield Event("compare", f"relion vs none final maps: FSC >= {cmp['fsc_min_to_resolution']:.5f} up to "
+    yield _event("compare", f"relion vs none final maps: FSC >= {cmp['fsc_min_to_resolution']:.5f} up to "
                            f"{_fmt(cmp['up_to_angst'])}, correlation {cmp['correlation']:.6f}", run.run_id, k, total)

@@ -49,11 +49,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def _background(args: argparse.Namespace) -> int:
     from credgui.bench.plan import load_plan
-    from credgui.bench.runner import _check_out_dir
+    from credgui.bench.runner import check_out_dir
 
     plan = load_plan(args.plan)  # errors now, in the foreground
     out = Path(os.path.abspath(args.out))
-    _check_out_dir(out, plan)
+    check_out_dir(out, plan)
     cmd = [sys.executable, "-m", "credgui.cli", "benchmark", "run", os.path.abspath(args.plan), "-o", str(out)]
     if args.skip_failed:
         cmd.append("--skip-failed")

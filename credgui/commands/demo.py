@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from credgui._io import write_json_atomic
 from credgui.errors import InputError
+from credgui.progress import ProgressBar, format_duration
 
 SUMMARY_NAME = "credgui_demo_summary.json"
 DEFAULT_DIR = Path("credgui_demo")
@@ -132,8 +134,8 @@ def write_project_particles(manifest, project: Path, out: Path, n_particles: int
             stack = f"{prefix}/{stack}" if prefix != "." else stack
         renamed.append(f"{index}@{stack}")
     particles["rlnImageName"] = renamed
-    text = format_star({"optics": blocks["optics"], "particles": particles}, loops={"optics", "particles"})
-    write_star_atomic(out, text.replace("\ndata_", "\n# version 30001\n\ndata_"))
+    write_star_atomic(out, format_star({"optics": blocks["optics"], "particles": particles},
+                                       loops={"optics", "particles"}, version=True))
     return out
 
 
@@ -169,19 +171,6 @@ def angular_errors(data_star: Path, true_poses: Path) -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """JSON via a temp file and a rename: the GUI may read it at any moment."""
-    from credgui._io import write_json_atomic as _write
-
-    _write(path, data, sort_keys=True, allow_nan=True)
-
-
-def _fmt_s(seconds: float | None) -> str:
-    from credgui.commands.status import _fmt_s as fmt
-
-    return fmt(seconds)
-
-
 def _fmt_a(value: float | None) -> str:
     return f"{value:.2f} A" if value is not None and math.isfinite(value) else "-"
 
@@ -195,11 +184,10 @@ def _loadavg() -> list[float] | None:
 
 def _make_data(data_dir: Path) -> tuple[Any, float, bool]:
     """(manifest, seconds, reused): the demo data set in ``data_dir``, with a progress bar."""
-    from credgui.commands.simulate import _Bar
     from credgui.simulate import iter_ensure_demo_dataset
 
     t0 = time.perf_counter()
-    bar = _Bar(quiet=False)
+    bar = ProgressBar(quiet=False)
     gen = iter_ensure_demo_dataset(data_dir)
     reused = False
     while True:
@@ -226,7 +214,7 @@ def _open_gui(job: Path) -> subprocess.Popen | None:
 def _iteration_line(it, elapsed: float | None) -> str:
     from credgui.commands.status import iteration_line
 
-    return f"{iteration_line(it)}  elapsed {_fmt_s(elapsed)}"
+    return f"{iteration_line(it)}  elapsed {format_duration(elapsed)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,10 +349,10 @@ def main(args: argparse.Namespace) -> int:
     last = state.iterations[-1] if state.iterations else None
     if last is not None and last.data_star is not None and last.number > 0:
         summary.update(angular_errors(last.data_star, manifest.true_poses_star))
-    write_json_atomic(job / SUMMARY_NAME, summary)
+    write_json_atomic(job / SUMMARY_NAME, summary, sort_keys=True, allow_nan=True)  # the GUI may read it at any moment
 
     print("", flush=True)
-    print(f"credgui demo: {summary['status']} after {_fmt_s(refine_s)} of refinement "
+    print(f"credgui demo: {summary['status']} after {format_duration(refine_s)} of refinement "
           f"({summary['iterations']} iterations; load average {', '.join(map(str, summary['loadavg_end'] or []))})")
     if state.error:
         print(f"  error: {state.error}")

@@ -56,13 +56,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from credgui.denoise.evaluate import (
-        evaluate_sets,
-        plot_curve,
-        store_in_model,
-        write_json_atomic,
-    )
-    from credgui.denoise.harvest import IntermediateSet, load_intermediates
+    from credgui._io import write_json_atomic
+    from credgui.denoise.evaluate import evaluate_sets, plot_curve, store_in_model
+    from credgui.denoise.intermediates import IntermediateSet, load_intermediates
     from credgui.denoise.unet import load_unet_denoiser
     from credgui.errors import InputError
 
@@ -116,9 +112,7 @@ def main(args: argparse.Namespace) -> int:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path = prefix.with_name(prefix.name + ".eval.json")
     png_path = prefix.with_name(prefix.name + ".eval.png")
-    write_json_atomic(
-        json_path, {"model": str(args.model), **curve.to_dict(), **details}
-    )
+    write_json_atomic(json_path, {"model": str(args.model), **curve.to_dict(), **details}, allow_nan=True)
     has_png = plot_curve(
         png_path, curve, f"{Path(args.model).name}: validation, {curve.n_maps} maps"
     )

@@ -98,7 +98,9 @@ def _job_dir(out: str) -> tuple[Path, bool]:
     if any(c.isspace() for c in str(path)):
         raise InputError(out, "RELION cannot use a job directory whose path holds a space: "
                               "use e.g. Refine3D/ (the next jobNNN) or Refine3D/job012")
-    if re.fullmatch(r"job\d+", path.name) or (path / "credgui_job.json").exists():
+    from credgui.relion.layout import JOB_FILE
+
+    if re.fullmatch(r"job\d+", path.name) or (path / JOB_FILE).exists():
         return path, False
     if not re.fullmatch(r"[A-Za-z0-9_]+", path.name):
         raise InputError(out, f"--o names a job-type directory (like Refine3D/, which gets the next "

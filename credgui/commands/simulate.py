@@ -60,33 +60,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-class _Bar:
-    """A one-line progress bar on stderr (a line per stage when stderr is not a terminal)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.stage = None
-
-    def __call__(self, p) -> None:
-        if self.quiet:
-            return
-        if self.tty:
-            width = 30
-            fill = int(round(width * p.fraction))
-            sys.stderr.write(f"\r{p.stage:<8}[{'#' * fill}{'.' * (width - fill)}] {p.done}/{p.total} {p.message[:40]:<40}")
-            if p.stage == "done":
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif p.done == p.total and p.stage != self.stage:
-            self.stage = p.stage
-            print(f"{p.stage}: {p.message}", file=sys.stderr)
-
-
 def main(args: argparse.Namespace) -> int:
     from credgui.errors import InputError
+    from credgui.progress import ProgressBar
     from credgui.simulate.dataset import (
-        _check_out_dir,
+        check_out_dir,
         iter_simulate_batch,
         iter_simulate_dataset,
         plan_batch,
@@ -108,12 +86,12 @@ def main(args: argparse.Namespace) -> int:
     # all parameter and directory errors before anything is written
     for job in jobs:
         validate_parameters(job.model, snr=job.snr, **{k: v for k, v in common.items() if k != "force"})
-        _check_out_dir(job.out_dir, args.force)
+        check_out_dir(job.out_dir, args.force)
 
     t0 = time.perf_counter()
     if len(jobs) == 1:
         job = jobs[0]
-        bar = _Bar(args.quiet)
+        bar = ProgressBar(args.quiet)
         gen = iter_simulate_dataset(job.model, job.out_dir, snr=job.snr, seed=job.seed, **common)
         try:
             while True:
@@ -131,7 +109,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
     failed = 0
-    for k, (job, m, err) in enumerate(iter_simulate_batch(jobs, n_jobs=args.jobs, **common), start=1):
+    for p in iter_simulate_batch(jobs, n_jobs=args.jobs, **common):
+        k, (job, m, err) = p.done, p.result
         if err is not None:
             failed += 1
             print(f"[{k}/{len(jobs)}] skipped: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ import argparse
 import math
 
 from credgui.jobs.watch import JobState, scan_job, watch_job
+from credgui.progress import format_duration
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -22,24 +23,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between checks with --follow (2)")
 
 
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def header_line(state: JobState) -> str:
     who = state.backend or "unknown backend"
     if state.job_id:
         who += f" {state.job_id}"
     if state.queue_state:
         who += f" {state.queue_state}"
-    line = f"{state.job_dir}: {state.status} ({who}); elapsed {_fmt_s(state.elapsed_s)}"
+    line = f"{state.job_dir}: {state.status} ({who}); elapsed {format_duration(state.elapsed_s)}"
     if state.status == "running":
-        line += f", about {_fmt_s(state.remaining_s)} left"
+        line += f", about {format_duration(state.remaining_s)} left"
     return line
 
 

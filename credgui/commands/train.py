@@ -227,16 +227,17 @@ def _run(args: argparse.Namespace, config, data, **kwargs) -> int:
         init_weights=args.init_weights, **kwargs
     ):
         last = p
-        if p.checkpoint is not None or p.step == 1:
-            val_txt = f"  val {p.val_loss:.5f}" if p.val_loss is not None else ""
+        s = p.result
+        if s.checkpoint is not None or p.done == 1:
+            val_txt = f"  val {s.val_loss:.5f}" if s.val_loss is not None else ""
             print(
-                f"step {p.step}/{p.steps}  loss {p.loss:.5f}{val_txt}  {p.seconds:.3f} s/step",
+                f"step {p.done}/{p.total}  loss {s.loss:.5f}{val_txt}  {s.seconds:.3f} s/step",
                 flush=True,
             )
-        if limit is not None and p.checkpoint is not None and time.monotonic() - start > limit:
+        if limit is not None and s.checkpoint is not None and time.monotonic() - start > limit:
             print(
-                f"time limit reached at step {p.step}: run the same command to go on "
-                f"(checkpoint {p.checkpoint})"
+                f"time limit reached at step {p.done}: run the same command to go on "
+                f"(checkpoint {s.checkpoint})"
             )
             return 0
     if last is None:

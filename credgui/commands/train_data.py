@@ -160,10 +160,11 @@ def _reconstruct(args: argparse.Namespace) -> int:
     last = None
     for p in iter_reconstructed_set(models, args.out, args.stacks, args.seed, settings, meta):
         last = p
-        err = f"  skipped: {p.last_error}" if p.last_error else ""
-        print(f"stack {p.stacks_done}/{p.stacks}: {p.pairs} maps, {p.seconds:.0f} s{err}", flush=True)
-    if last is not None and last.seconds > 0:
-        print(f"{last.pairs} maps -> {args.out} ({60 * last.pairs / last.seconds:.1f} maps per minute)")
+        err = f"  skipped: {p.result.last_error}" if p.result.last_error else ""
+        print(f"stack {p.done}/{p.total}: {p.result.pairs} maps, {p.elapsed_s:.0f} s{err}", flush=True)
+    if last is not None and last.elapsed_s > 0:
+        pairs = last.result.pairs
+        print(f"{pairs} maps -> {args.out} ({60 * pairs / last.elapsed_s:.1f} maps per minute)")
     return 0
 
 
@@ -193,7 +194,7 @@ def _library(args: argparse.Namespace) -> int:
             )
     val = args.validation_families or list(DEFAULT_VALIDATION_FAMILIES)
     try:
-        for part, i, n, entry, err in build_split_libraries(
+        for p in build_split_libraries(
             entries,
             val,
             args.out,
@@ -202,7 +203,7 @@ def _library(args: argparse.Namespace) -> int:
             orientations=args.orientations,
             seed=args.seed,
         ):
-            print(f"{part} {i + 1}/{n} {entry.name}: {err or 'ok'}", flush=True)
+            print(f"{p.stage} {p.done}/{p.total} {p.item}: {p.message}", flush=True)
     except ValueError as exc:
         print(f"credgui train-data: error: {exc}", file=sys.stderr)
         return 2
@@ -252,7 +253,7 @@ def _relion(args: argparse.Namespace) -> int:
     if args.run:
         if not args.jobs_dir:
             raise InputError(Path(args.out), "--run needs --jobs-dir")
-        for run in run_refinements(
+        for p in run_refinements(
             args.run,
             args.snr,
             args.jobs_dir,
@@ -261,10 +262,8 @@ def _relion(args: argparse.Namespace) -> int:
             n_particles=args.particles,
             auto_iter_max=args.iter_max,
         ):
-            print(
-                f"{run.job_dir}: {run.status} ({run.seconds:.0f} s){' ' + run.error if run.error else ''}",
-                flush=True,
-            )
+            print(f"{p.item}: {p.message}", flush=True)
+            run = p.result
             if run.status == "finished":
                 jobs.append(Path(run.job_dir))
     if not jobs:

@@ -284,12 +284,6 @@ def evaluate_sets(
     return curve, {"per_map": per_map, "by_set": by_set}
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    from credgui._io import write_json_atomic as _write
-
-    _write(path, data, allow_nan=True)
-
-
 def plot_curve(path: Path, curve: ConfidenceCurve, title: str = "") -> bool:
     """PNG of the curve (matplotlib, when installed; False otherwise), written atomically."""
     try:

@@ -15,6 +15,7 @@ and the library records which families it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from credgui.errors import InputError
+from credgui.progress import Progress
 
 LIBRARY_FORMAT = "credgui-gt-library/1"
 
@@ -80,14 +82,25 @@ def oriented_map(
     return model_to_map(path, box, voxel_size, rotation=rotation)[0]
 
 
+@dataclass(frozen=True)
+class LibraryMap:
+    """One map of a library being built: the model, its oriented map (None when it failed) and
+    the one-line error that left it out."""
+
+    entry: ModelEntry
+    volume: np.ndarray | None
+    error: str | None
+
+
 def iter_build_library(
     entries: Sequence[ModelEntry],
     box: int,
     voxel_size: float,
     orientations: int = 2,
     seed: int = 0,
-) -> Iterator[tuple[int, int, ModelEntry, np.ndarray | None, str | None]]:
-    """Yield ``(i, n, entry, map or None, error or None)`` per (model, orientation).
+) -> Iterator[Progress]:
+    """Yield a ``Progress`` (task "groundtruth", stage "map") per (model, orientation), its
+    ``result`` the ``LibraryMap`` (the map, or the error that left it out).
 
     Models that do not fit the box or cannot be read give an error string instead of a map
     (a library of hundreds of files should not stop at one bad file).
@@ -103,7 +116,8 @@ def iter_build_library(
                 err = None
             except InputError as exc:
                 vol, err = None, str(exc)
-            yield i, n, entry, vol, err
+            yield Progress("groundtruth", "map", i + 1, n, err or "ok", item=entry.name,
+                           result=LibraryMap(entry, vol, err))
             i += 1
 
 
@@ -114,7 +128,7 @@ def save_library(
     voxel_size: float,
     meta: dict | None = None,
 ) -> Path:
-    """Write a library ``.npz`` atomically (temp file in the same folder + os.replace)."""
+    """Write a library ``.npz`` atomically (``credgui._io.atomic_open``)."""
     path = Path(path)
     if not maps:
         raise InputError(path, "no maps to save (every model failed or none given)")
@@ -184,6 +198,7 @@ def split_by_family(
 
 __all__ = [
     "Library",
+    "LibraryMap",
     "ModelEntry",
     "iter_build_library",
     "load_library",
@@ -204,10 +219,11 @@ def build_split_libraries(
     orientations: int = 3,
     val_orientations: int = 2,
     seed: int = 0,
-) -> Iterator[tuple[str, int, int, ModelEntry, str | None]]:
+) -> Iterator[Progress]:
     """Build ``OUT/gt_train.npz`` and ``OUT/gt_val.npz`` (split by family) and ``OUT/split.json``.
 
-    Yields ``(part, i, n, entry, error or None)`` per map, for a progress bar.
+    Yields a ``Progress`` per map (stage: the part, "val" or "train"; ``item``: the model;
+    ``message``: "ok" or why it was left out), for a progress bar.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,15 +234,14 @@ def build_split_libraries(
         ("train", train_e, orientations),
     ):
         maps, kept, failed = [], [], {}
-        for i, n, entry, vol, err in iter_build_library(
-            part_entries, box, voxel_size, n_or, seed
-        ):
-            if vol is not None:
-                maps.append(vol)
-                kept.append(entry)
+        for p in iter_build_library(part_entries, box, voxel_size, n_or, seed):
+            made = p.result
+            if made.volume is not None:
+                maps.append(made.volume)
+                kept.append(made.entry)
             else:
-                failed[entry.path] = err
-            yield part, i, n, entry, err
+                failed[made.entry.path] = made.error
+            yield dataclasses.replace(p, stage=part)
         meta = {"orientations": n_or, "seed": seed, "failed": failed, "split": part}
         save_library(out / f"gt_{part}.npz", maps, kept, voxel_size, meta)
         report["parts"][part] = {

@@ -11,15 +11,11 @@ an unknown factor (RELION's intensity scale, norm and scale corrections). The fa
 per map by least squares on the shells where FSC > 0.5 (DC excluded) and applied to x^;
 without it ||x~ - x^|| would measure the scale mismatch, not the noise.
 
-A harvested set (``save_intermediates``) is one ``.npz``: ``inputs``, ``targets``
-(N, box, box, box) float32 at ``voxel_size``, ``resolution`` (A, FSC 0.143), ``iteration``,
-``half``, ``scale``, ``job`` index and a JSON ``meta`` (jobs, ground truths), with a JSON
-index beside it (``.json``), both written atomically.
+A harvested set is written and read by ``credgui.denoise.intermediates`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -31,29 +27,19 @@ import torch
 
 from credgui.denoise.pairs import coarsened_truth
 from credgui.denoise.train import rotate_cube, sample_batch
+from credgui.denoise.intermediates import (
+    SET_FORMAT,
+    SET_FORMAT_1,
+    Intermediate,
+    IntermediateSet,
+    load_intermediates,
+    save_intermediates,
+)
 from credgui.errors import InputError
 from credgui.metrics.fsc import FSC_THRESHOLD, resolution_at, shell_index
+from credgui.progress import Progress
 
-SET_FORMAT = "credgui-intermediates/2"
-SET_FORMAT_1 = "credgui-intermediates/1"
 UNREG_RE = re.compile(r"^run_it(\d{3})_half([12])_class(\d{3})_credgui_unreg\.mrc$")
-
-
-@dataclass(frozen=True)
-class Intermediate:
-    """One map pair, at the map's own sampling (box, box, box) float32: x~, its target x^ and
-    (optional) the ground truth on x~'s scale. ``pixel_size`` None: the set's ``voxel_size``."""
-
-    job: str
-    iteration: int
-    half: int
-    resolution: float
-    scale: float
-    input: np.ndarray
-    target: np.ndarray
-    truth: np.ndarray | None = None  # the ground truth on x~'s scale (not low-passed)
-    pixel_size: float | None = None  # A/px of these maps
-    extra: dict | None = None  # JSON-able per-map facts (what was drawn, the hook call)
 
 
 def read_fsc(model_star: str | Path) -> np.ndarray:
@@ -108,11 +94,10 @@ def fit_scale(x: np.ndarray, truth: np.ndarray, fsc: np.ndarray) -> float:
 
 def job_ground_truth(job_dir: Path) -> Path | None:
     """The ground truth recorded by ``credgui.jobs.launch_local`` in credgui_job.json, if any."""
-    from credgui.jobs.launch import read_job_file
+    from credgui.jobs.jobfile import read_job_file
 
-    record = read_job_file(job_dir) or {}
-    params = record.get("params", record)
-    gt = params.get("ground_truth") if isinstance(params, dict) else None
+    record = read_job_file(job_dir)
+    gt = ((record.params or {}).get("ground_truth") or record.ground_truth) if record else None
     if gt:
         p = Path(gt)
         if not p.is_absolute():
@@ -166,131 +151,6 @@ def iter_harvest(job_dir: str | Path, ground_truth: str | Path | None = None) ->
             str(job), it, half, res, a, x.astype(np.float32), target, scaled, float(pixel),
             {"unreg": path.name},
         )
-
-
-def save_intermediates(
-    path: str | Path,
-    items: Sequence[Intermediate],
-    voxel_size: float | None = None,
-    meta: dict | None = None,
-) -> Path:
-    """Write a set (format 2: every map at its own box and pixel size; npz + JSON index
-    beside it), atomically. ``voxel_size``: the pixel size of items that give none."""
-    path = Path(path)
-    if not items:
-        raise InputError(path, "no intermediate maps to save")
-    pixels = [it.pixel_size if it.pixel_size is not None else voxel_size for it in items]
-    if any(p is None or not p > 0 for p in pixels):
-        raise InputError(path, "every map needs a pixel size (give voxel_size)")
-    jobs = sorted({it.job for it in items})
-    rows = [
-        {"job": it.job, "iteration": it.iteration, "half": it.half, "resolution": it.resolution,
-         "scale": it.scale, "pixel_size": p, "box": int(it.input.shape[0]), **(it.extra or {})}
-        for it, p in zip(items, pixels, strict=True)
-    ]
-    full = {"format": SET_FORMAT, "jobs": jobs, **(meta or {})}
-    arrays: dict[str, np.ndarray] = {}
-    for i, it in enumerate(items):
-        if it.input.shape != it.target.shape or it.input.ndim != 3:
-            raise InputError(path, f"map {i}: input {it.input.shape} and target {it.target.shape} differ")
-        arrays[f"input_{i:06d}"] = np.asarray(it.input, np.float32)
-        arrays[f"target_{i:06d}"] = np.asarray(it.target, np.float32)
-        if it.truth is not None:
-            arrays[f"truth_{i:06d}"] = np.asarray(it.truth, np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from credgui._io import atomic_open, write_text_atomic
-
-    with atomic_open(path) as fh:
-        np.savez(
-            fh, **arrays,
-            resolution=np.array([it.resolution for it in items], np.float64),
-            pixel_size=np.array(pixels, np.float64),
-            meta=np.array(json.dumps({**full, "maps": rows})),
-        )
-    write_text_atomic(path.with_suffix(".json"), json.dumps({**full, "maps": rows}, indent=1))
-    return path
-
-
-@dataclass(frozen=True)
-class IntermediateSet:
-    """Map pairs at their own sampling: ``inputs[i]`` x~ (box_i^3), ``targets[i]`` x^,
-    ``truths[i]`` the ground truth on x~'s scale (or None), ``pixel_size[i]`` A/px,
-    ``resolution[i]`` nominal A; ``rows`` the per-map index (job, iteration, half, draws)."""
-
-    inputs: list[np.ndarray]
-    targets: list[np.ndarray]
-    resolution: np.ndarray
-    pixel_size: np.ndarray
-    meta: dict
-    truths: list[np.ndarray] | None = None
-    rows: tuple[dict, ...] = ()
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def items(self) -> list[Intermediate]:
-        """Back to items (to extend a set and save it again)."""
-        rows = self.rows or tuple({} for _ in self.inputs)
-        keep = {"job", "iteration", "half", "resolution", "scale", "pixel_size", "box"}
-        return [
-            Intermediate(str(r.get("job", "")), int(r.get("iteration", 0)), int(r.get("half", 0)),
-                         float(self.resolution[i]), float(r.get("scale", 1.0)), self.inputs[i], self.targets[i],
-                         self.truths[i] if self.truths is not None else None, float(self.pixel_size[i]),
-                         {k: v for k, v in r.items() if k not in keep})
-            for i, r in enumerate(rows)
-        ]
-
-
-def _load_one(path: Path, with_truths: bool = True) -> IntermediateSet:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("format") == SET_FORMAT_1:  # stacked maps at one voxel size
-                inputs = list(z["inputs"].astype(np.float32, copy=False))
-                targets = list(z["targets"].astype(np.float32, copy=False))
-                truths = list(z["truths"].astype(np.float32)) if with_truths and "truths" in z.files else None
-                res = z["resolution"].astype(np.float64)
-                pix = np.full(len(inputs), float(z["voxel_size"]))
-                rows = ()
-            else:
-                n = len(z["resolution"])
-                inputs = [z[f"input_{i:06d}"] for i in range(n)]
-                targets = [z[f"target_{i:06d}"] for i in range(n)]
-                has_truth = with_truths and all(f"truth_{i:06d}" in z.files for i in range(n))
-                truths = [z[f"truth_{i:06d}"] for i in range(n)] if has_truth else None
-                res = z["resolution"].astype(np.float64)
-                pix = z["pixel_size"].astype(np.float64)
-                rows = tuple(meta.pop("maps", []))
-    except FileNotFoundError:
-        raise InputError(path, "intermediate set not found") from None
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(
-            path, f"not a credgui intermediate set ({' '.join(str(exc).split())[:160]})"
-        ) from None
-    if meta.get("format") not in (SET_FORMAT, SET_FORMAT_1):
-        raise InputError(path, f"not a credgui intermediate set (format {meta.get('format')!r})")
-    return IntermediateSet(inputs, targets, res, pix, meta, truths, rows)
-
-
-def load_intermediates(path: str | Path, with_truths: bool = True) -> IntermediateSet:
-    """A set written by ``save_intermediates`` (format 1 or 2), or a folder of them (the shards
-    of ``credgui train-data reconstruct``), as one set; InputError naming the file otherwise.
-    ``with_truths`` False leaves the ground truths on disk (training needs only x~ and x^)."""
-    path = Path(path)
-    if path.is_dir():
-        shards = sorted(path.glob("*.npz"))
-        if not shards:
-            raise InputError(path, "no intermediate sets (*.npz) in this folder")
-        sets = [_load_one(p, with_truths) for p in shards]
-        have_truth = all(s.truths is not None for s in sets)
-        return IntermediateSet(
-            [a for s in sets for a in s.inputs], [a for s in sets for a in s.targets],
-            np.concatenate([s.resolution for s in sets]), np.concatenate([s.pixel_size for s in sets]),
-            {**sets[0].meta, "shards": [p.name for p in shards]},
-            [a for s in sets for a in s.truths] if have_truth else None,
-            tuple(r for s in sets for r in (s.rows or tuple({} for _ in s.inputs))),
-        )
-    return _load_one(path, with_truths)
 
 
 def network_pair(
@@ -376,10 +236,11 @@ def run_refinements(
     mpi_procs: int = 3,
     seed: int = 0,
     timeout_s: float = 7200.0,
-) -> Iterator[RefineRun]:
+) -> Iterator[Progress]:
     """Simulate a data set per (model, SNR) and run a real RELION auto-refine on it with
-    credgui's hook (denoiser none, so x~ is RELION's own), one after the other; yields each
-    finished run. Expensive: minutes per run at box 64 and a few hundred particles.
+    credgui's hook (denoiser none, so x~ is RELION's own), one after the other; yields a
+    ``Progress`` (task "refine", ``item`` the job directory, ``result`` the ``RefineRun``) as
+    each run ends. Expensive: minutes per run at box 64 and a few hundred particles.
     Runs whose job directory already holds RELION_JOB_EXIT_SUCCESS are not redone.
     """
     import time
@@ -390,6 +251,13 @@ def run_refinements(
     from credgui.simulate.model import model_stem
 
     out = Path(out_dir)
+    total = len(models) * len(snrs)
+
+    def ended(run: RefineRun) -> Progress:
+        why = f" {run.error}" if run.error else ""
+        return Progress("refine", "run", k, total, f"{run.status} ({run.seconds:.0f} s){why}", item=run.job_dir,
+                        result=run)
+
     k = 0
     for model in models:
         for snr in snrs:
@@ -398,7 +266,7 @@ def run_refinements(
             data = out / name / "data"
             job = out / name / "Refine3D" / "job001"
             if (job / "RELION_JOB_EXIT_SUCCESS").exists():
-                yield RefineRun(str(model), snr, str(job), "finished", None, 0.0)
+                yield ended(RefineRun(str(model), snr, str(job), "finished", None, 0.0))
                 continue
             t0 = time.monotonic()
             manifest = simulate_dataset(
@@ -444,12 +312,13 @@ def run_refinements(
             except TimeoutError:
                 handle.stop()
                 status, error = "timeout", f"not finished after {timeout_s:.0f} s"
-            yield RefineRun(
-                str(model), snr, str(job), status, error, time.monotonic() - t0
-            )
+            yield ended(RefineRun(str(model), snr, str(job), status, error, time.monotonic() - t0))
 
 
 __all__ = [
+    "SET_FORMAT",
+    "SET_FORMAT_1",
+    "Intermediate",
     "IntermediatePairs",
     "IntermediateSet",
     "RefineRun",

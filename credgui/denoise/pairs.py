@@ -209,8 +209,8 @@ def fixed_pairs(
 ):
     """A reproducible set of pairs at given nominal resolutions (for validation curves):
     ``per_resolution`` pairs per resolution, cycling through the source's maps. Returns a list
-    of ``credgui.denoise.harvest.Intermediate`` (input and target standardised by the input)."""
-    from credgui.denoise.harvest import Intermediate
+    of ``credgui.denoise.intermediates.Intermediate`` (input and target standardised by the input)."""
+    from credgui.denoise.intermediates import Intermediate
 
     out = []
     for r_index, res in enumerate(resolutions):

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from credgui.errors import InputError
+from credgui.progress import Progress, eta_s
 
 INCR_SIZE = 10
 """Shells RELION's auto-refine keeps beyond the current resolution (relion_refine --incr_size)."""
@@ -255,14 +256,17 @@ def iter_stack_pairs(
 
 
 @dataclass(frozen=True)
-class ReconProgress:
-    """Progress of ``iter_reconstructed_set``: stacks done of total, pairs so far, seconds."""
+class StackResult:
+    """What ``iter_reconstructed_set`` has made so far (the ``result`` of its ``Progress``, whose
+    ``done``/``total`` count stacks): map pairs in all shards, the last stack's error if any."""
 
-    stacks_done: int
-    stacks: int
     pairs: int
-    seconds: float
     last_error: str | None = None
+
+
+def _stack_progress(done: int, stacks: int, pairs: int, elapsed: float, error: str | None = None) -> Progress:
+    return Progress("reconstruct", "stack", done, stacks, f"{pairs} maps" + (f"; skipped: {error}" if error else ""),
+                    elapsed_s=elapsed, eta_s=eta_s(done, stacks, elapsed), result=StackResult(pairs, error))
 
 
 def iter_reconstructed_set(
@@ -272,12 +276,12 @@ def iter_reconstructed_set(
     seed: int = 0,
     settings: ReconSettings = ReconSettings(),
     meta: dict | None = None,
-) -> Iterator[ReconProgress]:
+) -> Iterator[Progress]:
     """``stacks`` stacks cycling through ``models`` (stack k: model k mod len, its seed drawn
     from (seed, k)); each stack's pairs go to the shard ``out/stack_KKKKK.npz``
-    (``harvest.save_intermediates``), so an interrupted run keeps what it made and resumes
-    (shards already there are skipped). ``harvest.load_intermediates(out)`` reads them all."""
-    from credgui.denoise.harvest import Intermediate, save_intermediates
+    (``intermediates.save_intermediates``), so an interrupted run keeps what it made and resumes
+    (shards already there are skipped). ``intermediates.load_intermediates(out)`` reads them all."""
+    from credgui.denoise.intermediates import Intermediate, save_intermediates
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +291,7 @@ def iter_reconstructed_set(
         shard = out / f"stack_{k:05d}.npz"
         if shard.exists():
             pairs += int(np.load(shard)["resolution"].size)
-            yield ReconProgress(k + 1, stacks, pairs, time.monotonic() - t0)
+            yield _stack_progress(k + 1, stacks, pairs, time.monotonic() - t0)
             continue
         stack_seed = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
         model = models[k % len(models)]
@@ -305,8 +309,8 @@ def iter_reconstructed_set(
             save_intermediates(shard, items, meta={"source": "relion_reconstruct", "settings": asdict(settings),
                                                    **(meta or {})})
             pairs += len(items)
-        yield ReconProgress(k + 1, stacks, pairs, time.monotonic() - t0, error)
+        yield _stack_progress(k + 1, stacks, pairs, time.monotonic() - t0, error)
 
 
-__all__ = ["INCR_SIZE", "ReconPair", "ReconProgress", "ReconSettings", "iter_reconstructed_set",
+__all__ = ["INCR_SIZE", "ReconPair", "ReconSettings", "StackResult", "iter_reconstructed_set",
            "iter_stack_pairs", "relion_current_size"]

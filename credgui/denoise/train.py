@@ -16,8 +16,9 @@ checkpoint draws exactly the batches an uninterrupted run would. Checkpoints
 optimiser + step + config + loss history and load with ``torch.load(weights_only=True)``;
 the final model is ``OUT/model.pt`` in the ``credgui.denoise.unet`` weights format.
 
-``train`` is a generator yielding a ``TrainProgress`` per step; closing it between yields
-stops cleanly (the last checkpoint stays valid).
+``train`` is a generator yielding a ``credgui.progress.Progress`` per step (task "train", its
+``result`` a ``TrainStep``: loss, seconds, checkpoint, validation loss); closing it between
+yields stops cleanly (the last checkpoint stays valid).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from credgui.denoise.unet import (
 from credgui.errors import InputError
 from credgui.metrics.filters import shell_filter
 from credgui.metrics.masks import soft_mask_sigma
+from credgui.progress import Progress, eta_s
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +124,10 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class TrainProgress:
-    step: int  # steps done (1-based after the first)
-    steps: int
+class TrainStep:
+    """What one training step measured (the ``result`` of its ``Progress``; ``Progress.done`` is
+    the step number, 1-based, and ``total`` the run's steps)."""
+
     loss: float
     seconds: float  # wall time of this step
     checkpoint: Path | None = None  # written after this step, if any
@@ -394,8 +397,9 @@ def train(
     model_metadata: dict[str, Any] | None = None,
     workers: int = 0,
     init_weights: str | Path | None = None,
-) -> Iterator[TrainProgress]:
-    """Train (or resume training) a ``UNet3D``; yields one ``TrainProgress`` per step.
+) -> Iterator[Progress]:
+    """Train (or resume training) a ``UNet3D``; yields one ``Progress`` per step (``result``: a
+    ``TrainStep``).
 
     data: anything with ``batch(seed, step, size) -> (inputs, targets)`` (``GaussianPairs``,
     ``credgui.denoise.pairs.ResolutionPairs``, ``credgui.denoise.harvest.IntermediatePairs``).
@@ -451,7 +455,8 @@ def train(
 
     loss_fn = torch.nn.MSELoss()
     model.train()
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
+    first_step = step
     for x, y in _batches(data, config.seed, step, config.steps, config.batch_size, workers):
         x, y = x.to(device), y.to(device)
         optimiser.zero_grad(set_to_none=True)
@@ -471,7 +476,10 @@ def train(
                 ckpt_path, model, optimiser, step, config, losses, val_losses
             )
         t1 = time.perf_counter()
-        yield TrainProgress(step, config.steps, value, t1 - t0, written, val_value)
+        elapsed = t1 - t_start
+        yield Progress("train", "step", step, config.steps, f"loss {value:.5f}", elapsed_s=elapsed,
+                       eta_s=eta_s(step - first_step, config.steps - first_step, elapsed),
+                       result=TrainStep(value, t1 - t0, written, val_value))
         t0 = t1
 
     if step == config.steps:
@@ -498,7 +506,7 @@ def train(
 __all__ = [
     "GaussianPairs",
     "TrainConfig",
-    "TrainProgress",
+    "TrainStep",
     "coloured_noise",
     "export_checkpoint",
     "load_checkpoint",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from pathlib import Path
 
 
@@ -111,3 +112,11 @@ def pgid_of(pid: int) -> int | None:
 
 def describe(pid: int) -> str:
     return shlex.join(cmdline(pid))[:200]
+
+
+def run_quiet(cmd: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess | None:
+    """``cmd``'s captured output, or None when it cannot run or times out (scancel, squeue)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None

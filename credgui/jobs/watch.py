@@ -30,19 +30,20 @@ from pathlib import Path
 
 from credgui.errors import InputError
 from credgui.jobs import _proc
-from credgui.jobs.launch import EXIT_FILE, STOP_FILE, project_dir_of, read_job_file
-from credgui.relion.jobdir import (
+from credgui.jobs.jobfile import (
     EXIT_ABORTED,
     EXIT_FAILURE,
+    EXIT_FILE,
     EXIT_SUCCESS,
-    SETTLE_S,
-    HookRecord,
-    Iteration,
-    find_iterations,
-    is_relion_job_dir,
-    read_hook_records,
-    read_optimiser_star,
+    HOOK_LOG,
+    STOP_FILE,
+    JobRecord,
+    project_dir_of,
+    read_job_file,
 )
+from credgui.relion.hooklog import HookRecord, read_hook_records
+from credgui.relion.jobdir import SETTLE_S, Iteration, find_iterations, is_relion_job_dir
+from credgui.relion.star_readers import read_optimiser_star
 
 __all__ = ["JobState", "STATUSES", "scan_job", "watch_job", "queue_state", "relion_error_line"]
 
@@ -194,7 +195,7 @@ def _read_exit_code(job: Path) -> int | None:
         return None
 
 
-def _estimate_remaining(iterations: tuple[Iteration, ...], record: dict | None, start: float | None, now: float) -> float | None:
+def _estimate_remaining(iterations: tuple[Iteration, ...], record: JobRecord | None, start: float | None, now: float) -> float | None:
     """Seconds left, roughly: the mean duration of the last two iterations times the iterations
     still expected. With ``auto_iter_max``: up to it. Else RELION's auto-refine needs about one
     iteration per HEALPix order until local searches, then two without resolution gain to
@@ -213,8 +214,8 @@ def _estimate_remaining(iterations: tuple[Iteration, ...], record: dict | None, 
     auto_iter_max = None
     local_order = None
     wo_gain = 0
-    if record and isinstance(record.get("params"), dict):
-        auto_iter_max = record["params"].get("auto_iter_max")
+    if record and record.params:
+        auto_iter_max = record.params.get("auto_iter_max")
     try:
         opt = read_optimiser_star(last.optimiser_star) if last.optimiser_star else None
     except InputError:
@@ -257,11 +258,11 @@ def scan_job(job_dir: str | Path, *, settle_s: float = SETTLE_S) -> JobState:
     except InputError as exc:
         record, job_file_error = None, str(exc)
         problems.append(job_file_error)
-    backend = record.get("backend") if record else None
-    job_id = record.get("job_id") if record else None
-    offsets = (record or {}).get("log_offsets") or {}
-    start = record.get("start_time") if record else None
-    proj = Path(record["project_dir"]) if record and record.get("project_dir") else project_dir_of(job)
+    backend = record.backend if record else None
+    job_id = record.job_id if record else None
+    offsets = record.log_offsets if record else {}
+    start = record.start_time if record else None
+    proj = Path(record.project_dir) if record and record.project_dir else project_dir_of(job)
 
     # -- liveness
     alive: bool | None = None
@@ -269,18 +270,18 @@ def scan_job(job_dir: str | Path, *, settle_s: float = SETTLE_S) -> JobState:
     if record is None or backend == "adopted":
         # started elsewhere: look for RELION processes writing here (this host only)
         pids = _proc.relion_processes(job)
-        if record and record.get("pgid"):
-            pids += _proc.session_members(record.get("sid") or record.get("pgid"))
+        if record and record.pgid:
+            pids += _proc.session_members(record.sid or record.pgid)
         alive = bool(pids)
-        if record and record.get("queue_job_id"):
-            q_state, q_exit = queue_state(record.get("queue_job_id"))
+        if record and record.queue_job_id:
+            q_state, q_exit = queue_state(record.queue_job_id)
             if q_state is not None:
                 alive = alive or q_state in _SLURM_ALIVE
     elif backend == "local":
-        same_host = record.get("host") in (None, _hostname())
+        same_host = record.host in (None, _hostname())
         if same_host:
-            alive = bool(_proc.session_members(record.get("sid") or record.get("pgid"))) or _proc.pid_alive(
-                record.get("pid"), record.get("proc_start")
+            alive = bool(_proc.session_members(record.sid or record.pgid)) or _proc.pid_alive(
+                record.pid, record.proc_start
             )
     elif backend == "slurm":
         q_state, q_exit = queue_state(job_id)
@@ -295,7 +296,7 @@ def scan_job(job_dir: str | Path, *, settle_s: float = SETTLE_S) -> JobState:
     stopped = STOP_FILE in names
     exit_code = _read_exit_code(job) if EXIT_FILE in names else None
     all_records = read_hook_records(job)
-    hook_offset = int(offsets.get("credgui_hook.jsonl", 0) or 0)
+    hook_offset = int(offsets.get(HOOK_LOG, 0) or 0)
     new_records = [r for r in all_records if r.offset >= hook_offset]
     hook_error = next((r for r in new_records if r.status != "ok"), None)
     err_text = _tail_text(job / "run.err", int(offsets.get("run.err", 0) or 0), 65536)
@@ -351,7 +352,7 @@ def scan_job(job_dir: str | Path, *, settle_s: float = SETTLE_S) -> JobState:
         error = job_file_error
     elif alive is False:
         status = "failed"
-        who = f"process {record.get('pid')}" if record and record.get("pid") else "the RELION process"
+        who = f"process {record.pid}" if record and record.pid else "the RELION process"
         if q_state == "COMPLETED":
             who = f"queue job {job_id}"
         error = f"{who} ended without RELION_JOB_EXIT_SUCCESS (see {job / 'run.err'})"
@@ -383,7 +384,8 @@ def scan_job(job_dir: str | Path, *, settle_s: float = SETTLE_S) -> JobState:
         remaining = None
 
     def _opt_path(key: str) -> Path | None:
-        return Path(record[key]) if record and record.get(key) else None
+        value = getattr(record, key) if record else None
+        return Path(value) if value else None
 
     return JobState(
         job_dir=job,

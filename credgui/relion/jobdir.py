@@ -15,27 +15,37 @@ only when every file of it is whole: STAR files parse and hold their last block/
 have the size their header announces, and all of them are settled (a later iteration exists, the
 job is no longer running, or they have not changed for ``SETTLE_S``). Everything here is cheap and
 never raises on half-written files: parse results are cached by (path, size, mtime).
+
+The pieces live in their own modules and are re-exported here: ``relion.layout`` (file names,
+project directory), ``relion.mrc`` (``mrc_is_whole``), ``relion.star_readers`` (model/optimiser/
+sampling/optics readers, parse cache), ``relion.hooklog`` (the hook's log). This module
+assembles iterations from them.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import os
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from credgui.errors import InputError
-from credgui.relion.star import Block, get_block, parse_star
-
-log = logging.getLogger(__name__)
+from credgui.relion.hooklog import HookRecord, read_hook_records
+from credgui.relion.layout import EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, HOOK_LOG, JOB_FILE, project_dir_of
+from credgui.relion.mrc import mrc_is_whole
+from credgui.relion.star_readers import (
+    ModelInfo,
+    OptimiserInfo,
+    file_stat,
+    first_image_stack,
+    read_healpix_order,
+    read_model_star,
+    read_optics,
+    read_optimiser_star,
+)
 
 __all__ = [
     "HookRecord",
@@ -60,82 +70,8 @@ __all__ = [
 SETTLE_S = 2.0
 """Files unchanged for this long (s) count as fully written even while RELION runs."""
 
-EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
-EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
-EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
-HOOK_LOG = "credgui_hook.jsonl"
-
 _OPTIMISER_RE = re.compile(r"^(?P<root>.+)_it(?P<it>\d{3,})_optimiser\.star$")
 _FINAL_MODEL_RE = re.compile(r"^(?P<root>.+)_model\.star$")
-_LAST_OPTIMISER_LABEL = "rlnMaxNumberOfPooledParticles"
-"""The last label RELION 3.1 writes in data_optimiser_general: its presence means the file is whole."""
-
-
-# --------------------------------------------------------------------------------------------
-# small value types
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HookRecord:
-    """One line of ``credgui_hook.jsonl`` (one call of ``credgui-reconstruct``; DEVELOPING.md).
-
-    ``half`` is None for the joined final call. ``lambda_`` is the CW-RED weight used (eq. 17).
-    ``raw`` keeps every field of the line as written.
-    """
-
-    time: str
-    root: str
-    iteration: int | None
-    half: int | None
-    status: str
-    error: str | None
-    nominal_resolution: float | None
-    lambda_: float | None
-    denoiser: str | None
-    worker: bool | None
-    timings: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
-    offset: int = 0
-    """byte offset of the line in credgui_hook.jsonl"""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What credgui reads from a ``*_model.star``.
-
-    ``fsc`` is float64 (n, 3): spectral index, resolution (A; shell 0 is inf), gold-standard FSC
-    (``data_model_class_1``: ``_rlnSpectralIndex``, ``_rlnAngstromResolution``,
-    ``_rlnGoldStandardFsc``), shells 0..ori_size//2.
-    """
-
-    path: Path
-    resolution: float
-    """A, ``_rlnCurrentResolution``"""
-    pixel_size: float
-    ori_size: int
-    current_size: int
-    fsc: np.ndarray = field(compare=False, hash=False, repr=False)
-
-
-@dataclass(frozen=True)
-class OptimiserInfo:
-    """What credgui reads from a ``*_optimiser.star``."""
-
-    path: Path
-    output_root: str
-    iteration: int
-    nr_iterations: int
-    do_external_reconstruct: bool
-    adaptive_oversampling: int
-    auto_local_healpix_order: int | None
-    has_converged: bool
-    nr_iter_wo_resol_gain: int | None
-    model_stars: tuple[str, ...]
-    sampling_star: str | None
-    data_star: str | None
-    command_line: str
-    """the relion_refine arguments RELION wrote as the file's first comment line"""
 
 
 @dataclass(frozen=True)
@@ -180,351 +116,8 @@ class Iteration:
         return tuple(r for r in self.hook_records if r.status != "ok")
 
 
-# --------------------------------------------------------------------------------------------
-# file checks
-# --------------------------------------------------------------------------------------------
 
-_MRC_MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 0.5}
-
-
-def mrc_is_whole(path: str | Path) -> bool:
-    """True when ``path`` is an MRC file at least as long as its header announces
-    (1024 + extended header + nx*ny*nz*bytes); False when missing, short or not MRC."""
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(1024)
-            size = os.fstat(fh.fileno()).st_size
-    except OSError:
-        return False
-    if len(header) < 1024 or header[208:212] != b"MAP ":
-        return False
-    fmt = ">" if header[212] == 0x11 else "<"  # machine stamp: 0x11 big-endian, else little
-    nx, ny, nz, mode = struct.unpack(fmt + "4i", header[:16])
-    (nsymbt,) = struct.unpack(fmt + "i", header[92:96])
-    if mode not in _MRC_MODE_BYTES or min(nx, ny, nz) <= 0 or nsymbt < 0:
-        return False
-    need = 1024 + nsymbt + math.ceil(nx * ny * nz * _MRC_MODE_BYTES[mode])
-    return size >= need
-
-
-def _stat(path: Path) -> os.stat_result | None:
-    try:
-        return path.stat()
-    except OSError:
-        return None
-
-
-# parse cache: (path, size, mtime_ns) -> parsed value (or the InputError raised)
-_CACHE: dict[tuple[str, int, int], Any] = {}
-_CACHE_MAX = 4096
-
-
-def _cached(path: Path, parse):
-    """``parse(path)``, remembered while the file's size and mtime stay the same (InputErrors
-    are remembered too: a half-written file is parsed once per change, not at every poll)."""
-    st = _stat(path)
-    if st is None:
-        raise InputError(path, "file not found")
-    key = (f"{parse.__name__}:{path}", st.st_size, st.st_mtime_ns)
-    value = _CACHE.get(key)
-    if value is None:
-        try:
-            value = parse(path)
-        except InputError as exc:
-            value = exc
-        if len(_CACHE) >= _CACHE_MAX:
-            _CACHE.clear()
-        _CACHE[key] = value
-    if isinstance(value, InputError):
-        raise value
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# STAR readers
-# --------------------------------------------------------------------------------------------
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read ({exc})") from None
-
-
-def _scalar(block: Block, label: str, path: Path, kind=float, default=None):
-    values = block.get(label)
-    if not values:
-        if default is not None:
-            return default
-        raise InputError(path, f"missing label _{label}")
-    try:
-        return kind(float(values[0])) if kind is int else kind(values[0])
-    except ValueError:
-        raise InputError(path, f"_{label} = {values[0]!r} is not a {kind.__name__}") from None
-
-
-def _parse_model_star(path: Path) -> ModelInfo:
-    text = _read_text(path)
-    blocks = parse_star(text, path)
-    general = get_block(blocks, "model_general", path)
-    if not any(name.startswith("model_pdf_orient_class") for name in blocks):
-        # RELION writes the orientational pdf blocks last: without them the file is cut short
-        raise InputError(path, "incomplete model STAR (no data_model_pdf_orient_class_1 block yet)")
-    ori = _scalar(general, "rlnOriginalImageSize", path, int)
-    cls = get_block(blocks, "model_class_1", path)
-    try:
-        idx = np.array(cls["rlnSpectralIndex"], dtype=np.float64)
-        res = np.array(cls["rlnAngstromResolution"], dtype=np.float64)
-        gold = np.array(cls["rlnGoldStandardFsc"], dtype=np.float64)
-    except KeyError as exc:
-        raise InputError(path, f"data_model_class_1 has no _{exc.args[0]} column") from None
-    except ValueError:
-        raise InputError(path, "data_model_class_1 holds a non-numeric FSC value") from None
-    if idx.size != ori // 2 + 1:
-        raise InputError(path, f"FSC table has {idx.size} shells, expected {ori // 2 + 1}")
-    res = np.where(idx > 0, res, np.inf)
-    table = np.stack([idx, res, gold], axis=1)
-    table.setflags(write=False)
-    return ModelInfo(
-        path=path,
-        resolution=_scalar(general, "rlnCurrentResolution", path, float),
-        pixel_size=_scalar(general, "rlnPixelSize", path, float),
-        ori_size=ori,
-        current_size=_scalar(general, "rlnCurrentImageSize", path, int),
-        fsc=table,
-    )
-
-
-def read_model_star(path: str | Path) -> ModelInfo:
-    """Resolution, pixel size, sizes and the gold-standard FSC of a RELION 3.1 ``*_model.star``.
-
-    Raises InputError naming the file when it is missing, malformed or not yet whole.
-    """
-    return _cached(Path(path), _parse_model_star)
-
-
-def _parse_optimiser_star(path: Path) -> OptimiserInfo:
-    text = _read_text(path)
-    blocks = parse_star(text, path)
-    general = get_block(blocks, "optimiser_general", path)
-    if _LAST_OPTIMISER_LABEL not in general:
-        raise InputError(path, f"incomplete optimiser STAR (no _{_LAST_OPTIMISER_LABEL} yet)")
-    command = ""
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("# --") or s.startswith("#--"):
-            command = s.lstrip("#").strip()
-            break
-    models = tuple(
-        general[k][0] for k in ("rlnModelStarFile", "rlnModelStarFile2") if general.get(k)
-    )
-
-    def opt_int(label):
-        v = general.get(label)
-        try:
-            return int(float(v[0])) if v else None
-        except ValueError:
-            return None
-
-    return OptimiserInfo(
-        path=path,
-        output_root=_scalar(general, "rlnOutputRootName", path, str),
-        iteration=_scalar(general, "rlnCurrentIteration", path, int),
-        nr_iterations=_scalar(general, "rlnNumberOfIterations", path, int),
-        do_external_reconstruct=bool(opt_int("rlnDoExternalReconstruct") or 0),
-        adaptive_oversampling=opt_int("rlnAdaptiveOversampleOrder") or 0,
-        auto_local_healpix_order=opt_int("rlnAutoLocalSearchesHealpixOrder"),
-        has_converged=bool(opt_int("rlnHasConverged") or 0),
-        nr_iter_wo_resol_gain=opt_int("rlnNumberOfIterWithoutResolutionGain"),
-        model_stars=models,
-        sampling_star=(general.get("rlnOrientSamplingStarFile") or [None])[0],
-        data_star=(general.get("rlnDataStarFile") or [None])[0],
-        command_line=command,
-    )
-
-
-def read_optimiser_star(path: str | Path) -> OptimiserInfo:
-    """The fields credgui needs from a RELION 3.1 ``*_optimiser.star`` (InputError if not whole)."""
-    return _cached(Path(path), _parse_optimiser_star)
-
-
-def _parse_healpix_order(path: Path) -> int:
-    blocks = parse_star(_read_text(path), path)
-    general = get_block(blocks, "sampling_general", path)
-    if "sampling_directions" not in blocks and not any("direction" in b for b in blocks):
-        raise InputError(path, "incomplete sampling STAR (no data_sampling_directions yet)")
-    return _scalar(general, "rlnHealpixOrder", path, int)
-
-
-def _healpix_order(path: Path | None) -> int | None:
-    if path is None:
-        return None
-    try:
-        return _cached(path, _parse_healpix_order)
-    except InputError:
-        return None
-
-
-def read_optics(particles_star: str | Path) -> tuple[float, int]:
-    """(pixel size in A, box in pixels) of the first optics group of a RELION 3.1 particles STAR.
-
-    Only the file's head is parsed (particle tables can be large). InputError when the file is
-    missing or has no ``data_optics`` block (RELION 3.0 format).
-    """
-    path = Path(particles_star)
-    head = _read_head_blocks(path, stop_at="particles")
-    if "optics" not in head:
-        raise InputError(
-            path,
-            "no data_optics block: a RELION 3.1 particles STAR is needed "
-            "(convert a RELION 3.0 file with relion_convert_star)",
-        )
-    optics = head["optics"]
-    pixel = optics.get("rlnImagePixelSize")
-    size = optics.get("rlnImageSize")
-    if not pixel or not size:
-        raise InputError(path, "data_optics lacks _rlnImagePixelSize or _rlnImageSize")
-    try:
-        return float(pixel[0]), int(float(size[0]))
-    except ValueError:
-        raise InputError(path, "data_optics holds a non-numeric pixel or image size") from None
-
-
-def first_image_stack(particles_star: str | Path) -> str | None:
-    """The stack file named by the first particle's ``_rlnImageName`` (``000001@stack.mrcs`` ->
-    ``stack.mrcs``), as written (RELION resolves it against its working directory)."""
-    path = Path(particles_star)
-    try:
-        with open(path) as fh:
-            lines: list[str] = []
-            in_particles = False
-            labels: list[str] = []
-            for raw in fh:
-                line = raw.strip()
-                if line.startswith("data_"):
-                    in_particles = line[5:] in ("particles", "")
-                    labels = []
-                    continue
-                if not in_particles or not line or line.startswith("#") or line.startswith("loop_"):
-                    continue
-                if line.startswith("_"):
-                    labels.append(line[1:].split()[0])
-                    continue
-                lines.append(line)
-                break
-    except OSError as exc:
-        raise InputError(path, f"cannot read ({exc})") from None
-    if not lines or "rlnImageName" not in labels:
-        return None
-    values = lines[0].split()
-    i = labels.index("rlnImageName")
-    if i >= len(values):
-        return None
-    name = values[i]
-    return name.split("@", 1)[1] if "@" in name else name
-
-
-def _read_head_blocks(path: Path, stop_at: str) -> dict[str, Block]:
-    """Parse the blocks before ``data_<stop_at>`` (cheap for large particle files)."""
-    try:
-        with open(path) as fh:
-            text_lines = []
-            for line in fh:
-                if line.strip() == f"data_{stop_at}":
-                    break
-                text_lines.append(line)
-    except FileNotFoundError:
-        raise InputError(path, "STAR file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read STAR file ({exc})") from None
-    text = "".join(text_lines)
-    if "data_" not in text:
-        return {}
-    return parse_star(text, path)
-
-
-# --------------------------------------------------------------------------------------------
-# hook records
-# --------------------------------------------------------------------------------------------
-
-
-def _opt_float(v) -> float | None:
-    try:
-        return None if v is None else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _opt_int(v) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
-_WARNED: set[tuple[str, int]] = set()
-
-
-def read_hook_records(job_dir: str | Path, start_offset: int = 0) -> tuple[HookRecord, ...]:
-    """Parse ``credgui_hook.jsonl`` from byte ``start_offset`` on; a partly written last line
-    and malformed lines are skipped with a logged warning, once per line (never raises)."""
-    path = Path(job_dir) / HOOK_LOG
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(start_offset)
-            data = fh.read()
-    except OSError:
-        return ()
-    out: list[HookRecord] = []
-    lines = data.split(b"\n")
-    if lines and not data.endswith(b"\n"):
-        lines = lines[:-1]  # the last line is still being written
-    pos = start_offset
-    for raw in lines:
-        line_start = pos
-        pos += len(raw) + 1
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            key = (str(path), line_start)
-            if key not in _WARNED:
-                _WARNED.add(key)
-                log.warning("%s: skipped a torn or malformed line at byte %d: %.60r", path, line_start, raw)
-            continue
-        timings = obj.get("timings") if isinstance(obj.get("timings"), dict) else {}
-        error = obj.get("error")
-        out.append(
-            HookRecord(
-                time=str(obj.get("time", "")),
-                root=str(obj.get("root", "")),
-                iteration=_opt_int(obj.get("iteration")),
-                half=_opt_int(obj.get("half")),
-                status=str(obj.get("status", "ok")),
-                error=None if error is None else " ".join(str(error).split()),
-                nominal_resolution=_opt_float(obj.get("nominal_resolution")),
-                lambda_=_opt_float(obj.get("lambda")),
-                denoiser=None if obj.get("denoiser") is None else str(obj.get("denoiser")),
-                worker=None if obj.get("worker") is None else bool(obj.get("worker")),
-                timings={k: float(v) for k, v in timings.items() if _opt_float(v) is not None},
-                raw=obj,
-                offset=line_start,
-            )
-        )
-    return tuple(out)
-
-
-# --------------------------------------------------------------------------------------------
-# job directories and iterations
-# --------------------------------------------------------------------------------------------
-
-_JOB_MARKERS = ("credgui_job.json", "run.out", "run.err", "note.txt", "job.star", "run_submit.script")
+_JOB_MARKERS = (JOB_FILE, "run.out", "run.err", "note.txt", "job.star", "run_submit.script")
 
 
 def is_relion_job_dir(job_dir: str | Path) -> bool:
@@ -554,7 +147,7 @@ def _resolve(job_dir: Path, project_dir: Path | None, name: str | None) -> Path 
 
 def _settled(paths: list[Path], now: float, settle_s: float) -> bool:
     for p in paths:
-        st = _stat(p)
+        st = file_stat(p)
         if st is None or now - st.st_mtime < settle_s:
             return False
     return True
@@ -591,7 +184,7 @@ def find_iterations(
     reason for each is appended. Never raises for file contents.
     """
     job = Path(job_dir)
-    proj = Path(project_dir) if project_dir is not None else _default_project_dir(job)
+    proj = Path(project_dir) if project_dir is not None else project_dir_of(job)
     try:
         names = os.listdir(job)
     except OSError as exc:
@@ -606,7 +199,7 @@ def find_iterations(
         it = int(m["it"])
         path = job / n
         prev = candidates.get(it)
-        if prev is None or (_stat(path) and _stat(prev[1]) and _stat(path).st_mtime > _stat(prev[1]).st_mtime):
+        if prev is None or (file_stat(path) and file_stat(prev[1]) and file_stat(path).st_mtime > file_stat(prev[1]).st_mtime):
             candidates[it] = (m["root"], path)
     if hook_records is None:
         hook_records = read_hook_records(job)
@@ -643,13 +236,6 @@ def find_iterations(
     return tuple(out)
 
 
-def _default_project_dir(job: Path) -> Path:
-    job = job.resolve() if not job.is_absolute() else job
-    if re.fullmatch(r"job\d+", job.name):
-        return job.parent.parent
-    return job.parent
-
-
 def _read_iteration(
     job: Path, proj: Path, root: str, it: int, opt_path: Path, names: set[str], records: list[HookRecord]
 ) -> Iteration:
@@ -666,12 +252,12 @@ def _read_iteration(
             raise InputError(hm, "half map missing or not completely written")
     sampling = job / f"{stem}_sampling.star"
     sampling_path = sampling if sampling.name in names else None
-    order = _healpix_order(sampling_path)
+    order = read_healpix_order(sampling_path)
     if sampling_path is not None and order is None:
         raise InputError(sampling, "sampling STAR not completely written")
     data = job / f"{stem}_data.star"
     hook_pairs = [_hook_paths(job, f"{stem}_half{h}_class001") for h in (1, 2)[: len(models)]]
-    stats = [_stat(p) for p in (opt_path, *models, *half_maps)]
+    stats = [file_stat(p) for p in (opt_path, *models, *half_maps)]
     info = infos[0]
     return Iteration(
         number=it,
@@ -731,7 +317,7 @@ def _read_final(job, proj, candidates, names, by_iter, running, now, settle_s, p
     number = (max(candidates) + 1) if candidates else 0
     sampling = job / f"{root}_sampling.star"
     sampling_path = sampling if sampling.name in names else None
-    order = _healpix_order(sampling_path)
+    order = read_healpix_order(sampling_path)
     oversampling = 0
     if candidates:
         try:
@@ -759,7 +345,7 @@ def _read_final(job, proj, candidates, names, by_iter, running, now, settle_s, p
         current_size=info.current_size,
         angular_sampling=_angular_step(order, oversampling),
         healpix_order=order,
-        time=max((_stat(p).st_mtime for p in files if _stat(p) is not None), default=now),
+        time=max((file_stat(p).st_mtime for p in files if file_stat(p) is not None), default=now),
         hook_records=tuple(r for r in by_iter.get(number, []) if r.half is None),
         fsc=info.fsc,
     )

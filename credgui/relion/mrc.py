@@ -1,15 +1,20 @@
-"""MRC volumes in and out, validated at the door and written atomically.
+"""MRC volumes in and out, validated at the door and written atomically; a cheap whole-file check.
+
+``mrcfile`` is imported where a map is read or written, so ``mrc_is_whole`` (polled by the job
+watcher and the GUI) costs no import.
 
 Arrays are numpy in MRC order: (z, y, x) for volumes, (n, y, x) for stacks.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 
 from credgui._io import atomic_open
@@ -28,6 +33,8 @@ def read_mrc(
     Raises InputError naming the file when it is missing, truncated, not MRC, of the wrong
     shape, or holds NaN/Inf.
     """
+    import mrcfile
+
     path = Path(path)
     if not path.exists():
         raise InputError(path, "MRC file not found")
@@ -64,6 +71,8 @@ def read_mrc(
 
 def read_voxel_size(path: str | Path) -> float:
     """Voxel size in A from the header (x axis), 0.0 when the header has none."""
+    import mrcfile
+
     try:
         with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
             return float(mrc.voxel_size.x)
@@ -97,6 +106,29 @@ def write_mrc_atomic(
         mrc.flush()
         if before_replace is not None:
             before_replace()
+
+
+_MRC_MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2, 101: 0.5}
+
+
+def mrc_is_whole(path: str | Path) -> bool:
+    """True when ``path`` is an MRC file at least as long as its header announces
+    (1024 + extended header + nx*ny*nz*bytes); False when missing, short or not MRC."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(1024)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    if len(header) < 1024 or header[208:212] != b"MAP ":
+        return False
+    fmt = ">" if header[212] == 0x11 else "<"  # machine stamp: 0x11 big-endian, else little
+    nx, ny, nz, mode = struct.unpack(fmt + "4i", header[:16])
+    (nsymbt,) = struct.unpack(fmt + "i", header[92:96])
+    if mode not in _MRC_MODE_BYTES or min(nx, ny, nz) <= 0 or nsymbt < 0:
+        return False
+    need = 1024 + nsymbt + math.ceil(nx * ny * nz * _MRC_MODE_BYTES[mode])
+    return size >= need
 
 
 def _mode(data: np.ndarray) -> int:

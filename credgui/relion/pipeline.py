@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from credgui.errors import InputError
-from credgui.relion.star import write_star_atomic
+from credgui.relion.layout import project_dir_of
+from credgui.relion.star import STAR_VERSION, write_star_atomic
 
 PIPELINE = "default_pipeline.star"
 LOCK_DIR = ".relion_lock"
@@ -188,7 +189,7 @@ def register_job(job_dir: str | Path, options: dict[str, str], command: list[str
     if program is None:
         return None
     job = Path(os.path.abspath(job_dir))
-    proj = job.parent.parent
+    proj = project_dir_of(job)
     m = re.fullmatch(r"job(\d+)", job.name)
     if not m or job.parent.name != job_type:
         raise InputError(job, f"not a RELION job directory name ({job_type}/jobNNN)")
@@ -197,7 +198,7 @@ def register_job(job_dir: str | Path, options: dict[str, str], command: list[str
     path = proj / PIPELINE
     with relion_lock(proj, f"credgui: reserving {name}"):
         if not path.exists():
-            write_star_atomic(path, f"\n# version 30001\n\ndata_pipeline_general\n\n"
+            write_star_atomic(path, f"\n{STAR_VERSION}\n\ndata_pipeline_general\n\n"
                                     f"_rlnPipeLineJobCounter                       {number}\n \n")
         text = path.read_text()
         counter = job_counter(proj)
@@ -250,7 +251,7 @@ def add_refine_output_nodes(job_dir: str | Path, root: str) -> Path:
     ``JOB/RELION_OUTPUT_NODES.star``: RELION adds these nodes to the pipeline when the job has
     finished (PipeLine::getOutputNodesFromStarFile), in the pipeline's own node format."""
     job = Path(os.path.abspath(job_dir))
-    proj = job.parent.parent
+    proj = project_dir_of(job)
     rel = f"{job.parent.name}/{job.name}/{root}"
     text = ""
     try:
@@ -261,7 +262,7 @@ def add_refine_output_nodes(job_dir: str | Path, root: str) -> Path:
     column = "_rlnPipeLineNodeTypeLabel" if labels else "_rlnPipeLineNodeType"
     rows = [f"{rel}{suffix} {label if labels else number}" for suffix, number, label in _REFINE_NODES]
     path = job / "RELION_OUTPUT_NODES.star"
-    write_star_atomic(path, "\n# version 30001\n\ndata_output_nodes\n\nloop_\n_rlnPipeLineNodeName #1\n"
+    write_star_atomic(path, f"\n{STAR_VERSION}\n\ndata_output_nodes\n\nloop_\n_rlnPipeLineNodeName #1\n"
                             f"{column} #2\n" + "\n".join(rows) + "\n \n")
     return path
 

@@ -19,6 +19,9 @@ from credgui.errors import InputError
 Block = dict[str, list[str]]
 """A data block: label (without the leading ``_``) -> column of raw string values."""
 
+STAR_VERSION = "# version 30001"
+"""The line RELION 3.1 writes before each data block (its STAR format version); the one copy."""
+
 
 def read_star(path: str | Path) -> dict[str, Block]:
     """Read every data block of a STAR file.
@@ -122,13 +125,15 @@ def scalar(block: Block, label: str, path: str | Path | None, kind: type = float
     return column(block, label, path, kind)[0]
 
 
-def format_star(blocks: dict[str, dict[str, list[Any]]], loops: set[str] | None = None) -> str:
+def format_star(blocks: dict[str, dict[str, list[Any]]], loops: set[str] | None = None, *,
+                version: bool = False) -> str:
     """STAR text for ``{block: {label: values}}``; blocks named in ``loops`` are written as loops,
-    others as ``_label value`` lists (one value each)."""
+    others as ``_label value`` lists (one value each). ``version``: each block marked as RELION
+    3.1 STAR (``STAR_VERSION``), as RELION 3.1 writes particle and pose tables."""
     loops = loops or set()
     out: list[str] = ["# written by credgui", ""]
     for name, block in blocks.items():
-        out += [f"data_{name}", ""]
+        out += ([STAR_VERSION, ""] if version else []) + [f"data_{name}", ""]
         if name in loops:
             out.append("loop_")
             labels = list(block)

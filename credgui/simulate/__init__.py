@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from credgui.errors import InputError
+from credgui.progress import Progress
 from credgui.resources import resource_path
 from credgui.simulate.dataset import (
     DEFAULT_BOX,
@@ -31,7 +32,6 @@ from credgui.simulate.dataset import (
     DEFAULT_SNR,
     FORMAT_VERSION,
     Manifest,
-    Progress,
     file_sha256,
     iter_simulate_dataset,
     simulate_dataset,
@@ -106,7 +106,7 @@ def iter_ensure_demo_dataset(directory: str | Path) -> Iterator[Progress]:
     directory = Path(directory)
     if _matches(directory, DEFAULT_STRUCTURE, DEMO_PARAMETERS):
         manifest = Manifest.load(directory)
-        yield Progress("done", 1, 1, f"reusing {directory}", manifest=manifest)
+        yield Progress("simulate", "done", 1, 1, f"reusing {directory}", result=manifest)
         return manifest
     force = (directory / "manifest.json").is_file()
     manifest = yield from iter_simulate_dataset(DEFAULT_STRUCTURE, directory, force=force, **DEMO_PARAMETERS)

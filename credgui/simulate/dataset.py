@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 
 from credgui.errors import InputError
 from credgui.metrics.filters import lowpass
+from credgui.progress import Progress, eta_s
 
 FORMAT_VERSION = 1
 
@@ -169,22 +171,6 @@ class Manifest:
         return cls.from_json(text, directory=directory, path=path)
 
 
-@dataclass(frozen=True)
-class Progress:
-    """One step of a simulation: ``stage`` in map, project, noise, write, done."""
-
-    stage: str
-    done: int
-    total: int
-    message: str = ""
-    manifest: Manifest | None = None
-    """set on the final ``done`` step"""
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
-
-
 # --- helpers ----------------------------------------------------------------------------------------
 
 
@@ -238,7 +224,7 @@ DATASET_FILES = frozenset({"particles.star", "particles.mrcs", "true_poses.star"
 """What a data set folder holds: ``--force`` replaces a folder only when it holds nothing else."""
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
+def check_out_dir(out_dir: Path, force: bool) -> None:
     """InputError unless ``out_dir`` may become (or be replaced by) a data set: missing, empty,
     or, with ``force``, an earlier data set and nothing else (never the current directory or
     one that holds it: it is replaced by a rename)."""
@@ -295,7 +281,7 @@ def iter_simulate_dataset(
     force: bool = False,
 ) -> Iterator[Progress]:
     """Simulate a data set into ``out_dir``, yielding :class:`Progress`; returns the Manifest
-    (``StopIteration.value``; also on the last Progress).
+    (``StopIteration.value``; also the last Progress's ``result``).
 
     The data set is built in a temporary directory beside ``out_dir`` and renamed into place at
     the end; on an error or when the generator is closed early nothing is left behind. An existing
@@ -333,15 +319,15 @@ def iter_simulate_dataset(
         raise InputError(model, f"seed {seed!r} must be a non-negative integer")
     if not model.is_file():
         raise InputError(model, "atomic model file not found")
-    _check_out_dir(out_dir, force)
+    check_out_dir(out_dir, force)
     box, n = int(box), int(n_particles)
     pixel_size, snr = float(pixel_size), float(snr)
     defocus_um = (float(defocus_um[0]), float(defocus_um[1]))
 
     # 1. ground truth (unscaled)
-    yield Progress("map", 0, 1, f"potential map of {model.name}")
+    yield Progress("simulate", "map", 0, 1, f"potential map of {model.name}")
     vol, info = model_to_map(model, box, pixel_size)
-    yield Progress("map", 1, 1, f"{info.n_atoms} atoms, {info.mass_kda:.1f} kDa")
+    yield Progress("simulate", "map", 1, 1, f"{info.n_atoms} atoms, {info.mass_kda:.1f} kDa")
 
     # 2. poses and CTFs, rounded to what the STAR files hold
     rng_pose, rng_noise = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
@@ -373,7 +359,7 @@ def iter_simulate_dataset(
                 img = projector.project(mats[sl], off_px[sl], ctf)
                 var_sum += float(img.var(axis=(1, 2)).sum())
                 stack[sl] = img
-                yield Progress("project", sl.stop, n, "noiseless projections with CTF")
+                yield Progress("simulate", "project", sl.stop, n, "noiseless projections with CTF")
             signal_var = var_sum / n
             if not signal_var > 0:
                 raise InputError(model, "the projections are empty (no density in the box?)")
@@ -388,14 +374,14 @@ def iter_simulate_dataset(
                 noise_sum += float(noise.sum())
                 noise_sq += float((noise * noise).sum())
                 stack[sl] = (sig + noise).astype(np.float32)
-                yield Progress("noise", sl.stop, n, f"scaled to SNR {snr:g}, noise added")
+                yield Progress("simulate", "noise", sl.stop, n, f"scaled to SNR {snr:g}, noise added")
             count = n * box * box
             noise_var = noise_sq / count - (noise_sum / count) ** 2
             snr_measured = (sig_sum / n) / noise_var
             mrc.update_header_stats()
 
         # 5. maps and metadata
-        yield Progress("write", 0, 1, "maps and STAR files")
+        yield Progress("simulate", "write", 0, 1, "maps and STAR files")
         truth = (vol.astype(np.float64) * scale).astype(np.float32)
         write_mrc_atomic(tmp / "ground_truth.mrc", truth, pixel_size)
         write_mrc_atomic(tmp / "initial_model.mrc", lowpass(truth, pixel_size, INITIAL_LOWPASS), pixel_size)
@@ -428,7 +414,7 @@ def iter_simulate_dataset(
         }
         write_star_atomic(
             tmp / "particles.star",
-            _relion31(format_star({"optics": optics, "particles": particles}, loops={"optics", "particles"})),
+            format_star({"optics": optics, "particles": particles}, loops={"optics", "particles"}, version=True),
         )
         poses = {
             "rlnImageName": names,
@@ -438,7 +424,7 @@ def iter_simulate_dataset(
             "rlnOriginXAngst": _f6(off_a[:, 0]),
             "rlnOriginYAngst": _f6(off_a[:, 1]),
         }
-        write_star_atomic(tmp / "true_poses.star", _relion31(format_star({"particles": poses}, loops={"particles"})))
+        write_star_atomic(tmp / "true_poses.star", format_star({"particles": poses}, loops={"particles"}, version=True))
 
         manifest = Manifest(
             model=str(model.resolve()),
@@ -471,19 +457,14 @@ def iter_simulate_dataset(
             versions=_versions(),
         )
         (tmp / "manifest.json").write_text(manifest.to_json())
-        yield Progress("write", 1, 1, "maps, STAR files and manifest written")
+        yield Progress("simulate", "write", 1, 1, "maps, STAR files and manifest written")
         _replace_dir(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = dataclasses.replace(manifest, directory=out_dir)
-    yield Progress("done", 1, 1, f"wrote {out_dir}", manifest=manifest)
+    yield Progress("simulate", "done", 1, 1, f"wrote {out_dir}", result=manifest)
     return manifest
-
-
-def _relion31(text: str) -> str:
-    """Mark each data block as RELION 3.1 STAR (``# version 30001``)."""
-    return text.replace("\ndata_", "\n# version 30001\n\ndata_")
 
 
 def _make_parent(out_dir: Path) -> Path:
@@ -496,7 +477,7 @@ def _replace_dir(tmp: Path, out_dir: Path, force: bool) -> None:
     """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` (checked before) is moved aside first."""
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
     if out_dir.exists():
-        _check_out_dir(out_dir, force)  # again: it may have changed while we simulated
+        check_out_dir(out_dir, force)  # again: it may have changed while we simulated
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.rename(out_dir, old)
         try:
@@ -580,16 +561,27 @@ def _run_job(job: Job, kwargs: dict) -> tuple[Job, Manifest | None, str | None]:
         return job, None, str(exc)
 
 
-def iter_simulate_batch(jobs: Sequence[Job], *, n_jobs: int = 1, **kwargs) -> Iterator[tuple[Job, Manifest | None, str | None]]:
-    """Run jobs (``n_jobs`` processes in parallel), yielding ``(job, manifest or None, error or None)``
-    as each finishes. An InputError in one job (a bad model) does not stop the others."""
+def iter_simulate_batch(jobs: Sequence[Job], *, n_jobs: int = 1, **kwargs) -> Iterator[Progress]:
+    """Run jobs (``n_jobs`` processes in parallel), yielding a ``Progress`` (stage "dataset",
+    ``item`` the output directory, ``result`` ``(job, manifest or None, error or None)``) as each
+    finishes. An InputError in one job (a bad model) does not stop the others."""
+    t0 = time.monotonic()
+
+    def step(k: int, outcome: tuple[Job, Manifest | None, str | None]) -> Progress:
+        job, manifest, error = outcome
+        message = f"skipped: {error}" if error is not None else (
+            f"SNR {manifest.snr_measured:.4g}, {manifest.seconds:.1f} s" if manifest is not None else "")
+        elapsed = time.monotonic() - t0
+        return Progress("simulate", "dataset", k, len(jobs), message, item=str(job.out_dir), elapsed_s=elapsed,
+                        eta_s=eta_s(k, len(jobs), elapsed), result=outcome)
+
     if n_jobs <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield _run_job(job, kwargs)
+        for k, job in enumerate(jobs, start=1):
+            yield step(k, _run_job(job, kwargs))
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=n_jobs) as pool:
         futures = [pool.submit(_run_job, job, kwargs) for job in jobs]
-        for fut in as_completed(futures):
-            yield fut.result()
+        for k, fut in enumerate(as_completed(futures), start=1):
+            yield step(k, fut.result())

@@ -73,7 +73,7 @@ def test_tiny_benchmark_relion_vs_none(tmp_path):
     assert "--external_reconstruct" in recs["none"]["relion_command"]
     assert recs["relion"]["seed"] == recs["none"]["seed"]
     # the hook (denoiser none) reproduces RELION
-    cmp_events = [e for e in events if e.kind == "compare"]
+    cmp_events = [e for e in events if e.stage == "compare"]
     assert len(cmp_events) == 1, lines
     rep = write_report(out)
     (cmp,) = rep["comparisons"]
@@ -86,7 +86,7 @@ def test_tiny_benchmark_relion_vs_none(tmp_path):
         assert fig.stat().st_size > 10_000
     # resume: nothing runs again
     again = list(iter_benchmark(plan, out, poll_s=1.0))
-    assert [e.kind for e in again].count("skip") == 2 and not any(e.kind == "start" for e in again)
+    assert [e.stage for e in again].count("skip") == 2 and not any(e.stage == "start" for e in again)
     # the CLI's report
     assert cli_main(["benchmark", "report", str(out), "--no-figures"]) == 0
     # last: the hook (denoiser none) reproduces RELION's own M-step

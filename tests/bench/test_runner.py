@@ -7,14 +7,11 @@ import shutil
 import pytest
 
 from credgui.bench.plan import RunSpec, choose_denoiser, parse_plan, variant_config
-from credgui.bench.runner import (
-    FORMAT,
-    iter_benchmark,
-    read_result,
-    result_path,
-    write_json_atomic,
-)
+from credgui.bench.results import FORMAT, read_result, result_path, write_result
+from credgui.bench.runner import iter_benchmark
+from credgui.cli import main
 from credgui.errors import InputError
+from credgui.progress import Progress
 
 PLAN = """
 title = "test"
@@ -53,7 +50,7 @@ def _fake_finished(out, plan, run):
            "variant": run.variant, "structure": run.dataset.structure.name, "snr": run.dataset.snr,
            "fsc_truth_05_angst": 9.0, "fsc_truth_0143_angst": 8.0, "reported_angst": 8.5,
            "angular_error": {"median_deg": 1.0}}
-    write_json_atomic(result_path(out, run), rec)
+    write_result(result_path(out, run), rec)
     return rec
 
 
@@ -69,9 +66,24 @@ def test_resume_skips_finished_runs_without_doing_anything(tmp_path):
     for run in _runs(plan):
         _fake_finished(out, plan, run)
     events = list(iter_benchmark(plan, out))
-    kinds = [e.kind for e in events]
+    kinds = [e.stage for e in events]
     assert kinds.count("skip") == 2 and "start" not in kinds and "failed" not in kinds
     assert not (out / "data").exists()  # nothing simulated
+
+
+def test_the_runner_yields_the_one_progress_type_and_the_cli_prints_its_lines(tmp_path, capsys):
+    plan = _plan(tmp_path)
+    out = tmp_path / "out"
+    _seed_out(out, plan)
+    records = {run.run_id: _fake_finished(out, plan, run) for run in _runs(plan)}
+    events = list(iter_benchmark(plan, out))
+    assert all(isinstance(e, Progress) and e.task == "benchmark" for e in events)
+    skips = [e for e in events if e.stage == "skip"]
+    assert {e.item: e.result for e in skips} == records and [(e.done, e.total) for e in skips] == [(1, 2), (2, 2)]
+    assert all(e.line() == f"[{e.done}/{e.total}] {e.item}: {e.message}" for e in skips)
+    capsys.readouterr()
+    assert main(["benchmark", "run", str(plan.path), "-o", str(out), "--no-report"]) == 0
+    assert capsys.readouterr().out.splitlines() == [e.line() for e in events]
 
 
 def test_corrupt_record_is_named_in_one_line_and_run_again_and_a_crash_does_not_stop_the_others(tmp_path):
@@ -88,23 +100,23 @@ def test_corrupt_record_is_named_in_one_line_and_run_again_and_a_crash_does_not_
     with pytest.raises(InputError):
         read_result(bad)
     events = list(iter_benchmark(plan, out, poll_s=0.5))
-    invalid = [e for e in events if e.kind == "invalid"]
+    invalid = [e for e in events if e.stage == "invalid"]
     assert len(invalid) == 1
     line = invalid[0].line()
     assert "\n" not in line and str(bad) in line and "not valid JSON" in line
-    failed = [e for e in events if e.kind == "failed"]
-    assert [e.run_id for e in failed] == [r.run_id for r in runs]  # the first crash did not stop the second
+    failed = [e for e in events if e.stage == "failed"]
+    assert [e.item for e in failed] == [r.run_id for r in runs]  # the first crash did not stop the second
     for run in runs:
         rec = read_result(result_path(out, run))
         assert rec["status"] == "failed"
         assert "\n" not in rec["error"] and "symmetry" in rec["error"].lower(), rec["error"]
     # a second pass retries failed runs, moving the old job directory aside (never deleting it)
     events = list(iter_benchmark(plan, out, poll_s=0.5))
-    assert sum(e.kind == "failed" for e in events) == 2
+    assert sum(e.stage == "failed" for e in events) == 2
     assert (out / runs[0].dataset.name / "relion.prev-1").is_dir()
     # ... unless told to keep them
     events = list(iter_benchmark(plan, out, retry_failed=False))
-    assert [e.kind for e in events].count("skip") == 2
+    assert [e.stage for e in events].count("skip") == 2
 
 
 def test_refuses_a_foreign_directory_and_another_plan(tmp_path):

@@ -105,10 +105,10 @@ def test_tiny_training_run_loss_falls(tmp_path):
     cfg = _tiny()
     data = GaussianPairs([_blobs(), _blobs(seed=1)], cfg)
     progress = list(train(cfg, data, tmp_path))
-    losses = [p.loss for p in progress]
-    assert [p.step for p in progress] == list(range(1, 41))
+    losses = [p.result.loss for p in progress]
+    assert [p.done for p in progress] == list(range(1, 41))
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
-    assert [p.checkpoint is not None for p in progress].count(True) == 4
+    assert [p.result.checkpoint is not None for p in progress].count(True) == 4
     model = load_unet_denoiser(tmp_path / "model.pt", device="cpu")
     assert model.info.box == 16 and model.info.voxel_size == 1.5
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -118,13 +118,13 @@ def test_tiny_training_run_loss_falls(tmp_path):
 def test_resume_gives_the_same_next_loss(tmp_path):
     cfg = _tiny(steps=8, checkpoint_every=4)
     data = GaussianPairs([_blobs()], cfg)
-    straight = [p.loss for p in train(cfg, data, tmp_path / "a")]
+    straight = [p.result.loss for p in train(cfg, data, tmp_path / "a")]
 
     run = train(cfg, data, tmp_path / "b")
-    first = [next(run).loss for _ in range(5)]  # step 5 is lost with the "kill"
+    first = [next(run).result.loss for _ in range(5)]  # step 5 is lost with the "kill"
     run.close()
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 4
-    resumed = [p.loss for p in train(cfg, data, tmp_path / "b")]
+    resumed = [p.result.loss for p in train(cfg, data, tmp_path / "b")]
     assert first == straight[:5]
     assert resumed == straight[4:]  # bit for bit: same batches, same optimiser state
     with pytest.raises(Exception, match="different settings"):
@@ -189,7 +189,7 @@ def test_cli_run_killed_and_rerun_matches_an_uninterrupted_run(tmp_path):
     assert resumed["step"] == total
 
     cfg = _tiny(steps=total, checkpoint_every=2, noise_std=(0.5, 4.0))
-    straight = [p.loss for p in train(cfg, GaussianPairs([_blobs(24)], cfg), tmp_path / "straight")]
+    straight = [p.result.loss for p in train(cfg, GaussianPairs([_blobs(24)], cfg), tmp_path / "straight")]
     assert resumed["losses"] == pytest.approx(straight, rel=1e-6, abs=0)
 
 
@@ -197,13 +197,13 @@ def test_batch_workers_give_the_same_training(tmp_path):
     """Pairs made ahead in worker processes (GPU runs) are the batches of a one-process run."""
     cfg = _tiny(steps=6, checkpoint_every=3)
     data = GaussianPairs([_blobs(), _blobs(seed=1)], cfg)
-    one = [p.loss for p in train(cfg, data, tmp_path / "a")]
-    pooled = [p.loss for p in train(cfg, data, tmp_path / "b", workers=2)]
+    one = [p.result.loss for p in train(cfg, data, tmp_path / "a")]
+    pooled = [p.result.loss for p in train(cfg, data, tmp_path / "b", workers=2)]
     assert pooled == one
     # resuming a pooled run from its checkpoint continues the same sequence
     cfg8 = _tiny(steps=8, checkpoint_every=3)
-    assert [p.loss for p in train(cfg8, data, tmp_path / "b", workers=2)] == [
-        p.loss for p in train(cfg8, data, tmp_path / "a")
+    assert [p.result.loss for p in train(cfg8, data, tmp_path / "b", workers=2)] == [
+        p.result.loss for p in train(cfg8, data, tmp_path / "a")
     ]
 
 
@@ -215,7 +215,7 @@ def test_init_weights_start_from_a_model_and_a_wrong_shape_is_refused(tmp_path):
     fresh = next(train(_tiny(steps=1, lr=1e-12), data, tmp_path / "b",
                        init_weights=tmp_path / "a" / "model.pt"))
     scratch = next(train(_tiny(steps=1, lr=1e-12), data, tmp_path / "c"))
-    assert fresh.loss != scratch.loss  # started from the trained weights, not the seed's
+    assert fresh.result.loss != scratch.result.loss  # started from the trained weights, not the seed's
     assert trained.info.box == 16
     with pytest.raises(Exception, match="network shape"):
         next(train(_tiny(channels=8), data, tmp_path / "d", init_weights=tmp_path / "a" / "model.pt"))

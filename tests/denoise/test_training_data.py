@@ -152,17 +152,17 @@ def test_resolution_pairs_training_falls_and_resumes_exactly_with_validation(tmp
         device="cpu",
     )
     straight = list(train(cfg, data, tmp_path / "a", val_data=val, val_batches=1))
-    losses = [p.loss for p in straight]
+    losses = [p.result.loss for p in straight]
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
-    assert [p.val_loss is not None for p in straight].count(True) == 6
+    assert [p.result.val_loss is not None for p in straight].count(True) == 6
     run = train(cfg, data, tmp_path / "b", val_data=val, val_batches=1)
     for _ in range(12):
         next(run)
     run.close()  # "killed" after step 12: the checkpoint holds step 10
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 10
     resumed = list(train(cfg, data, tmp_path / "b", val_data=val, val_batches=1))
-    assert [p.loss for p in resumed] == losses[10:]
-    assert [p.val_loss for p in resumed] == [p.val_loss for p in straight[10:]]
+    assert [p.result.loss for p in resumed] == losses[10:]
+    assert [p.result.val_loss for p in resumed] == [p.result.val_loss for p in straight[10:]]
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert len(ckpt["val_losses"]) == 6
 

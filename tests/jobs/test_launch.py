@@ -145,7 +145,7 @@ def test_hook_executable_is_beside_python_or_on_path(monkeypatch, tmp_path):
     if beside.exists():
         assert path == str(beside.absolute())
     # nothing beside python and nothing on PATH: a clear error
-    monkeypatch.setattr(launch.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(launch.LaunchError, match="credgui-reconstruct not found"):
         hook_executable()

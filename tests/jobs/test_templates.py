@@ -14,11 +14,11 @@ from credgui.jobs.launch import (
     EXIT_FILE,
     HOOK_ENV,
     RefineParams,
-    _parse_job_id,
     default_template,
     relion_command,
     write_submit_script,
 )
+from credgui.jobs.queue import parse_job_id
 
 ALL_VARS = """#!/bin/bash
 #SBATCH --job-name=XXXnameXXX
@@ -151,4 +151,4 @@ def test_unknown_template_variable_is_an_input_error(tmp_path, params, clean_env
     ],
 )
 def test_job_id_parsing(output, job_id):
-    assert _parse_job_id(output) == job_id
+    assert parse_job_id(output) == job_id

@@ -57,7 +57,7 @@ def test_torn_last_line_is_skipped_and_the_next_record_kept(job, tmp_path, caplo
     log = job / "credgui_hook.jsonl"
     log.write_bytes(log.read_bytes()[:-40])  # the disk filled mid-record
     assert _run(star, tmp_path).returncode == 0
-    with caplog.at_level("WARNING", logger="credgui.relion.jobdir"):
+    with caplog.at_level("WARNING", logger="credgui.relion.hooklog"):
         records = read_hook_records(job)
     assert [r.status for r in records] == ["ok"]  # the torn one skipped, the new one whole
     assert "skipped a torn or malformed line at byte 0" in caplog.text

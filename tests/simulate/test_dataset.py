@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from credgui.errors import InputError
+from credgui.progress import Progress
 from credgui.relion.mrc import read_mrc, read_voxel_size
 from credgui.relion.star import read_star
 from credgui.simulate import Manifest, iter_simulate_dataset, simulate_dataset
@@ -110,7 +111,8 @@ def test_progress_and_manifest_from_the_generator(tmp_path, demo_structure):
     steps = list(gen)
     stages = [p.stage for p in steps]
     assert stages[0] == "map" and stages[-1] == "done" and "project" in stages and "noise" in stages
-    assert steps[-1].manifest is not None and steps[-1].manifest.directory == tmp_path / "d"
+    assert steps[-1].result is not None and steps[-1].result.directory == tmp_path / "d"
+    assert isinstance(steps[-1], Progress) and {p.task for p in steps} == {"simulate"}
     assert all(0.0 <= p.fraction <= 1.0 for p in steps)
 
 

@@ -30,7 +30,7 @@ def test_demo_is_made_once_and_reused(tmp_path, small_demo):
     assert sim.ensure_demo_dataset(d) == d
     first = (d / "particles.mrcs").stat().st_mtime_ns
     steps = list(sim.iter_ensure_demo_dataset(d))
-    assert [s.stage for s in steps] == ["done"] and steps[0].manifest.n_particles == 30
+    assert [s.stage for s in steps] == ["done"] and steps[0].result.n_particles == 30
     assert (d / "particles.mrcs").stat().st_mtime_ns == first
     # other settings -> made again, in place
     sim.DEMO_PARAMETERS["n_particles"] = 31
