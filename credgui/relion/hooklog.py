@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from credgui.relion.layout import HOOK_LOG
+
+# error records carry only time, root, status, error: their iteration comes from the root's name
+_ROOT_ITERATION = re.compile(r"_it(\d{3})(?:_|$)")
+
+
+def _root_iteration(root: str) -> int | None:
+    m = _ROOT_ITERATION.search(root)
+    return int(m.group(1)) if m else None
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +103,8 @@ def read_hook_records(job_dir: str | Path, start_offset: int = 0) -> tuple[HookR
             HookRecord(
                 time=str(obj.get("time", "")),
                 root=str(obj.get("root", "")),
-                iteration=_opt_int(obj.get("iteration")),
+                iteration=(_opt_int(obj.get("iteration")) if obj.get("iteration") is not None
+                           else _root_iteration(str(obj.get("root", "")))),
                 half=_opt_int(obj.get("half")),
                 status=str(obj.get("status", "ok")),
                 error=None if error is None else " ".join(str(error).split()),

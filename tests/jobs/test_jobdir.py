@@ -130,7 +130,8 @@ def test_a_later_hook_call_proves_the_newest_iteration_whole(job_copy):
                                     "status": "error", "error": "x"}) + "\n")
     assert find_iterations(job_copy, running=True, settle_s=60.0)[-1].number == 2  # same iteration: no proof
     with open(hook_log, "a") as fh:
-        fh.write(json.dumps({"root": "run_it004_half1_class001", "iteration": 4, "half": 1,
+        # as the hook writes an error record: time, root, status, error only
+        fh.write(json.dumps({"time": "2026-12-02T00:00:00", "root": "run_it004_half1_class001",
                              "status": "error", "error": "x"}) + "\n")
     assert find_iterations(job_copy, running=True, settle_s=60.0)[-1].number == 3
 
