@@ -212,9 +212,11 @@ def _open_gui(job: Path) -> subprocess.Popen | None:
 
 
 def _iteration_line(it, elapsed: float | None) -> str:
-    from credgui.commands.status import iteration_line
+    from credgui.commands.status import iteration_line, prior_check_of, warning_line
 
-    return f"{iteration_line(it)}  elapsed {format_duration(elapsed)}"
+    check = prior_check_of(it)
+    warning = warning_line(check)
+    return f"{iteration_line(it, check)}  elapsed {format_duration(elapsed)}" + (f"\n{warning}" if warning else "")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 Reads the job directory only (and the process or the Slurm job); works for jobs started by
 credgui, by RELION's GUI or by hand.
 
+Each iteration with a denoiser also gets the honest-resolution check (credgui.metrics.prior_check):
+how far the two halves' denoised maps agree beyond the data's own FSC, in Fourier shells, with a
+warning line where lambda > 0 and that is more than one shell (the reported resolution may be
+optimistic: the references share features the data do not).
+
 Examples:
   credgui status Refine3D/job012
   credgui status Refine3D/job012 --follow        # print new iterations until the job ends
@@ -13,7 +18,9 @@ from __future__ import annotations
 import argparse
 import math
 
+from credgui.errors import InputError
 from credgui.jobs.watch import JobState, scan_job, watch_job
+from credgui.metrics.prior_check import PriorCheck, prior_check_iteration
 from credgui.progress import format_duration
 
 
@@ -35,8 +42,23 @@ def header_line(state: JobState) -> str:
     return line
 
 
-def iteration_line(it) -> str:
-    """``it 003  res 12.40 A  step 3.75 deg  size 40/64 px  hook 2 ok  lambda 0.35``."""
+def prior_check_of(it) -> PriorCheck | str | None:
+    """The iteration's prior check, None without a denoiser, or a one-line reason it failed."""
+    try:
+        return prior_check_iteration(it)
+    except (InputError, ValueError) as exc:
+        return f"prior check: {exc}"
+
+
+def warning_line(check: PriorCheck | str | None) -> str | None:
+    """The line printed under an iteration whose prior check warns or could not be made."""
+    if isinstance(check, str) or (check is not None and check.warn):
+        return f"       warning: {check if isinstance(check, str) else check.text()}"
+    return None
+
+
+def iteration_line(it, check: PriorCheck | str | None = None) -> str:
+    """``it 003  res 12.40 A  step 3.75 deg  size 40/64 px  hook 2 ok  lambda 0.35  prior +0.4 sh``."""
     label = "final" if it.final else f"it {it.number:03d}"
     res = f"{it.resolution:6.2f} A" if math.isfinite(it.resolution) else "     - A"
     step = f"{it.angular_sampling:5.2f} deg" if it.angular_sampling else "    - deg"
@@ -50,6 +72,8 @@ def iteration_line(it) -> str:
         total = [r.timings.get("total") for r in it.hook_records if r.timings.get("total") is not None]
         if total:
             parts.append(f"M-step {max(total):.1f} s")
+    if isinstance(check, PriorCheck):
+        parts.append(f"prior {check.shells_ahead:+.1f} sh" + (" !" if check.warn else ""))
     return "  ".join(parts)
 
 
@@ -60,7 +84,10 @@ def print_state(state: JobState, done: set | None = None, show_error: bool = Tru
             if key in done:
                 continue
             done.add(key)
-        print(iteration_line(it))
+        check = prior_check_of(it)
+        print(iteration_line(it, check))
+        if warning_line(check):
+            print(warning_line(check))
     if show_error and state.error:
         print(f"error: {state.error}")
 

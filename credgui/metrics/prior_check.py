@@ -36,7 +36,7 @@ import numpy as np
 from credgui.metrics.fsc import FSC_THRESHOLD, fsc, resolution_at
 from credgui.metrics.masks import soft_sphere_mask
 
-__all__ = ["PriorCheck", "prior_check", "prior_check_files", "MAX_SHELLS_AHEAD"]
+__all__ = ["PriorCheck", "prior_check", "prior_check_files", "prior_check_iteration", "MAX_SHELLS_AHEAD"]
 
 MAX_SHELLS_AHEAD = 1.0  # the benchmark's overestimation criterion (issue 11): more than one shell
 
@@ -135,3 +135,16 @@ def prior_check_files(
     first = read_mrc(unreg_maps[0])
     maps = [first] + [read_mrc(p, expect_shape=first.shape) for p in (unreg_maps[1], *denoised_maps)]
     return prior_check((maps[0], maps[1]), (maps[2], maps[3]), pixel_size, lambda_=lambda_, max_shells=max_shells)
+
+
+def prior_check_iteration(iteration) -> PriorCheck | None:
+    """``prior_check`` of one ``relion.jobdir.Iteration`` (two halves, both with the hook's x~ and
+    f(x~) written; lambda the larger of the two halves' logged values), else None: the final
+    joined map, a run without a denoiser, or files not written yet. InputError on a bad file."""
+    if getattr(iteration, "final", False):
+        return None
+    unreg, den = tuple(iteration.unreg_maps), tuple(iteration.denoised_maps)
+    if len(unreg) != 2 or len(den) != 2 or not all(unreg) or not all(den):
+        return None
+    lambdas = [r.lambda_ for r in iteration.hook_records if r.lambda_ is not None]
+    return prior_check_files(unreg, den, iteration.pixel_size, lambda_=max(lambdas) if lambdas else None)

@@ -114,6 +114,19 @@ def test_demo_refines_to_a_final_map_and_writes_a_summary(tiny_demo, capsys):
     # one progress line per iteration, then the summary
     assert "it 001" in out and "final" in out and "FSC against the ground truth" in out
     assert str(job / "run_class001.mrc") in out
+    # the honest-resolution check on every half-map iteration the denoiser ran on, as status shows it
+    from credgui.commands.status import iteration_line, prior_check_of
+    from credgui.relion.jobdir import find_iterations
+
+    checked = [it for it in find_iterations(job, running=False) if not it.final and all(it.denoised_maps)]
+    if summary["denoiser"] != "none":
+        assert checked
+        for it in checked:
+            check = prior_check_of(it)
+            assert check is not None and not isinstance(check, str), check
+            assert -40 < check.shells_ahead < 40 and check.data_resolution >= 2 * TINY["pixel_size"]
+            assert f"prior {check.shells_ahead:+.1f} sh" in iteration_line(it, check)
+        assert " sh  elapsed" in out  # the demo's progress lines carry it too
 
 
 @pytest.mark.relion
