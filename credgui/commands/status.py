@@ -6,7 +6,7 @@ credgui, by RELION's GUI or by hand.
 Each iteration with a denoiser also shows the prior check (credgui.metrics.prior_check): how
 many Fourier shells beyond the data's own FSC the two halves' denoised maps agree (`prior +N sh`).
 It is a measurement, not yet a warning: on `credgui demo` (which does not overestimate) it reads
-+6 to +12 shells at every lambda > 0 iteration, so no threshold on it is known to be reliable.
++5 to +12 shells at every lambda > 0 iteration, so no threshold on it is known to be reliable.
 
 Examples:
   credgui status Refine3D/job012
